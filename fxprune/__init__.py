@@ -1,0 +1,21 @@
+"""fxprune: structured pruning as a torch.fx compiler pass.
+
+    pm = fxprune.prepare(model)          # trace, find coupled channels, insert masks
+    fxprune.prune_by_importance(pm, 0.5)  # or train the masks (EPFS, OICSR)
+    small = fxprune.finalize(pm)         # a GraphModule with physically smaller tensors
+"""
+
+from .api import finalize, prepare
+from .config import PruneConfig
+from .count import Count, count
+from .errors import EquivalenceError, FxPruneError, MaskError, NotPreparedError, TraceError, UnsupportedOpError
+from . import report
+from .methods.importance import channel_importance, prune_by_importance
+from .report import branches, channel_groups, dependency_graph, prunable_share
+
+__all__ = [
+    "Count", "EquivalenceError", "FxPruneError", "MaskError", "NotPreparedError", "PruneConfig", "TraceError",
+    "UnsupportedOpError", "branches", "channel_groups", "channel_importance", "count", "dependency_graph",
+    "finalize", "prepare", "prunable_share", "prune_by_importance", "report",
+]
+__version__ = "0.1.0"

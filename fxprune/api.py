@@ -1,0 +1,133 @@
+"""prepare and finalize: short pipelines that name the stages.
+
+Example:
+    >>> pm = fxprune.prepare(torchvision.models.resnet18())          # doctest: +SKIP
+    >>> fxprune.prune_by_importance(pm, 0.5)                           # doctest: +SKIP
+    >>> small = fxprune.finalize(pm)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from . import verify
+from .branches import find_branches
+from .config import PruneConfig
+from .decide import decide
+from .flow import ChannelFlow
+from .groups import resolve
+from .lower import lower_modules
+from .masks import MaskBank, insert_gates, insert_masks
+from .rewrite import fold_masks_and_gates, remove_branches, rewrite_sizes
+from .slicing import slice_params
+from .state import ATTR, PruneState, state_of
+from .trace import example_inputs_for, trace
+
+
+def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[PruneConfig] = None) -> torch.fx.GraphModule:
+    """Trace ``model``, find its coupled channels and insert masks and gates (all 1).
+
+    The result computes exactly what ``model`` computes. Setting entries of
+    ``pm.fxprune.masks[...]`` or ``pm.fxprune.gates[...]`` to zero switches channels or
+    branches off; :func:`finalize` then removes them for real. ``model`` is not changed.
+
+    Args:
+        model: any torch.fx-traceable module.
+        example_inputs: a tensor or tuple of tensors; inferred for image models when omitted.
+        config: a :class:`PruneConfig`.
+
+    Returns:
+        A ``torch.fx.GraphModule`` with a ``fxprune`` submodule holding masks and gates.
+    """
+    config = config or PruneConfig()
+    example_inputs = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t
+                           for t in example_inputs_for(model, example_inputs))
+    gm = trace(model, config)
+    lower_modules(gm)
+    flow = ChannelFlow(gm, config).propagate(*example_inputs)
+    index = resolve(flow)
+    branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
+    dtype, device = _dtype_device(gm)
+    gm.add_submodule("fxprune", MaskBank([g.size for g in index.groups], [b.name for b in branches], dtype, device))
+    inserted = insert_masks(gm, list(flow.sites.values()), index)
+    insert_gates(gm, branches)
+    gm.graph.lint()
+    gm.recompile()
+    sites = dict(zip(inserted, [s for s in flow.sites.values() if _has_channels(index, s)]))
+    setattr(gm, ATTR, PruneState(index, sites, branches, example_inputs, config, flow.barriers,
+                                 flow.shapes, flow.approximate))
+    return gm
+
+
+def _has_channels(index, site) -> bool:
+    cids = index.node_layouts[site.source][site.dim]
+    return cids.shape[1] > 0 and bool((cids >= 0).any())
+
+
+def _dtype_device(gm: nn.Module):
+    for p in gm.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    return torch.float32, torch.device("cpu")
+
+
+def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool = True) -> torch.fx.GraphModule:
+    """Remove masked-out channels and gated-off branches for real.
+
+    Channels whose mask magnitude is ``<= threshold`` and branches whose gate is, are
+    removed; the other mask and gate values are folded into neighbouring weights. The
+    result is a plain GraphModule with smaller tensors and no fxprune modules; it
+    computes exactly what ``prepared`` computes with those masks and gates at zero,
+    which finalize checks on the example inputs unless ``check=False``. ``prepared``
+    is left as it was.
+
+    Args:
+        prepared: a model returned by :func:`prepare`.
+        threshold: the magnitude at or below which a mask entry or gate counts as zero.
+        check: compare the result with the masked model and raise if they differ.
+
+    Returns:
+        The pruned ``torch.fx.GraphModule``; ``finalized.fxprune_report`` holds the
+        equivalence error measured (None if unchecked).
+    """
+    state = state_of(prepared)
+    plan = decide(prepared, state, threshold)
+    gm = copy.deepcopy(prepared)
+    remove_branches(gm, state, plan)
+    fold_masks_and_gates(gm, state, plan)
+    slice_params(gm, state.index.params, plan, _conv_inputs(gm, state, plan))
+    rewrite_sizes(gm, state, plan)
+    _detach_fxprune(gm)
+    error = None
+    if check:
+        dtype, _ = _dtype_device(prepared)
+        error = verify.check(prepared, gm, state.example_inputs, threshold, dtype)
+    gm.fxprune_equivalence_error = error
+    return gm
+
+
+def _conv_inputs(gm, state, plan) -> dict:
+    """Module path -> new number of input channels, for every convolution (grouped ones need it)."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.modules.conv._ConvNd):
+            src = node.args[0]
+            lay = state.index.node_layouts.get(src.name) if isinstance(src, torch.fx.Node) else None
+            if lay is not None:
+                out[node.target] = plan.new_size(lay[1])
+    return out
+
+
+def _detach_fxprune(gm: torch.fx.GraphModule) -> None:
+    gm.graph.eliminate_dead_code()
+    gm.delete_submodule("fxprune")
+    if hasattr(gm, ATTR):
+        delattr(gm, ATTR)
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()

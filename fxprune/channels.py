@@ -1,0 +1,259 @@
+"""Channel atoms: the smallest units that can be pruned, and how ops tie them together.
+
+Every dimension of every tensor (activations and parameters alike) gets a *layout*:
+an ``int64`` array of shape ``[size, k]`` whose row ``i`` lists the atoms that index ``i``
+depends on (``-1`` pads short rows). Index ``i`` survives pruning iff *all* its atoms
+survive, so a row is a conjunction:
+
+    conv1.weight dim 0   [[a0], [a1], [a2], [a3]]        four filters, four atoms
+    flatten(conv out)    [[a0], [a0], ..., [a3], [a3]]   each channel spans H*W features
+    q.reshape(H, D)      dim H: [[h0], [h1]]  dim D: [[d0], [d1]]   heads x head-dims
+    spatial dims         [[], [], ...]                   never pruned
+
+Ops tie atoms together through :class:`AtomTable`, a union-find whose classes are
+*channels*. Two conjunctions can be declared equal (``unify``): a residual add makes
+``x[c]`` and ``y[c]`` the same channel. A class can be *refined* into a conjunction of
+finer atoms (a linear layer's outputs become heads x head-dims when a reshape splits
+them), and *frozen* with a reason (it reaches the model output, a LayerNorm mixes it,
+an op is not understood). Frozen atoms always survive, so they drop out of
+conjunctions.
+
+Example:
+    >>> t = AtomTable()
+    >>> a, b = t.new_space(3, "conv1.weight:0"), t.new_space(3, "conv2.weight:0")
+    >>> t.unify(a, b)                      # a residual add ties them channel by channel
+    >>> t.freeze(a[2:], "reaches the output")
+    >>> [t.leaves(row) for row in b]       # channel 2 is frozen, so always alive
+    [(0,), (1,), ()]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+Layout = tuple  # tuple[np.ndarray, ...]: one [size, k] int64 array per tensor dimension
+
+
+def empty_dim(size: int) -> np.ndarray:
+    """A dimension nothing can prune (batch, spatial, tokens, network inputs)."""
+    return np.full((size, 0), -1, dtype=np.int64)
+
+
+def empty_layout(shape: Sequence[int]) -> Layout:
+    """A layout with no atoms in any dimension."""
+    return tuple(empty_dim(int(s)) for s in shape)
+
+
+def has_atoms(dim: np.ndarray) -> bool:
+    """Whether any index of this dimension depends on an atom."""
+    return dim.shape[1] > 0 and bool((dim >= 0).any())
+
+
+def row(dim: np.ndarray, i: int) -> tuple:
+    """The atoms of index ``i`` of a dimension layout."""
+    r = dim[i]
+    return tuple(int(a) for a in r[r >= 0])
+
+
+def product(dims: Sequence[np.ndarray]) -> np.ndarray:
+    """Row-wise conjunction of several equally long dimension layouts."""
+    dims = [d for d in dims if d.shape[1] > 0]
+    if not dims:
+        return None
+    out = np.concatenate(dims, axis=1)
+    return compact(out)
+
+
+def compact(dim: np.ndarray) -> np.ndarray:
+    """Drop columns that are ``-1`` everywhere and move atoms to the left of each row."""
+    if dim.shape[1] <= 1:
+        return dim
+    dim = -np.sort(-dim, axis=1)  # atoms (>= 0) first, -1 last
+    keep = (dim >= 0).any(axis=0)
+    return np.ascontiguousarray(dim[:, keep])
+
+
+@dataclass
+class Space:
+    """A block of atoms created together: one dimension of one parameter, or a factor.
+
+    Args:
+        name: where the atoms came from, e.g. ``"layer1.0.conv1.weight:0"`` or ``"heads@node"``.
+        size: how many atoms.
+        first: the id of the first atom; the atoms are ``first .. first + size - 1``.
+    """
+
+    name: str
+    size: int
+    first: int
+
+
+class AtomTable:
+    """Union-find over channel atoms, with refinement into conjunctions and freezing."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.space_of: list[int] = []
+        self.spaces: list[Space] = []
+        self.refined: dict[int, tuple] = {}
+        self.frozen: dict[int, str] = {}
+
+    # -- creation -------------------------------------------------------------------
+    def new_space(self, size: int, name: str) -> np.ndarray:
+        """Create ``size`` fresh atoms; returns their layout ``[size, 1]``.
+
+        A dimension of size one gets no atom: removing its only index is never allowed.
+        """
+        if size <= 1:
+            return empty_dim(size)
+        first = len(self.parent)
+        self.parent.extend(range(first, first + size))
+        self.space_of.extend([len(self.spaces)] * size)
+        self.spaces.append(Space(name, size, first))
+        return np.arange(first, first + size, dtype=np.int64)[:, None]
+
+    # -- union-find -----------------------------------------------------------------
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def leaves(self, atoms: Iterable[int]) -> tuple:
+        """The live (unfrozen, unrefined) root atoms a conjunction of atoms stands for."""
+        out: set[int] = set()
+        stack = [int(a) for a in atoms if a >= 0]
+        while stack:
+            r = self.find(stack.pop())
+            factors = self.refined.get(r)
+            if factors is not None:
+                stack.extend(factors)
+            elif r not in self.frozen:
+                out.add(r)
+        return tuple(sorted(out))
+
+    def _union_roots(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if ra > rb:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+
+    def _refine(self, root: int, factors: tuple) -> None:
+        self.refined[self.find(root)] = tuple(factors)
+
+    def unify_rows(self, p: Iterable[int], q: Iterable[int], reason: str) -> None:
+        """Declare two conjunctions equal: one survives iff the other does.
+
+        Where one side is empty (always alive) the other is frozen. Where one side is a
+        single atom and the other a product, the atom is refined into that product.
+        Otherwise atoms are paired up, which is always correct though it may couple
+        more than strictly needed.
+        """
+        lp, lq = self.leaves(p), self.leaves(q)
+        if lp == lq:
+            return
+        if not lp or not lq:
+            self._freeze_leaves(lp or lq, reason)
+            return
+        common = set(lp) & set(lq)
+        rp = [a for a in lp if a not in common]
+        rq = [a for a in lq if a not in common]
+        if not rp or not rq:
+            anchor = min(common)
+            for a in rp or rq:
+                self._union_roots(anchor, a)
+        elif len(rp) == 1 and len(rq) == 1:
+            self._union_roots(rp[0], rq[0])
+        elif len(rp) == 1:
+            self._refine(rp[0], rq)
+        elif len(rq) == 1:
+            self._refine(rq[0], rp)
+        else:
+            n = min(len(rp), len(rq))
+            for a, b in zip(rp[:n], rq[:n]):
+                self._union_roots(a, b)
+            for extra in rp[n:] + rq[n:]:
+                self._union_roots(rp[n - 1], extra)
+
+    def unify(self, a: np.ndarray, b: np.ndarray, reason: str = "coupled") -> None:
+        """Row-wise :meth:`unify_rows` of two equally long dimension layouts."""
+        if a is b or (a.shape == b.shape and np.array_equal(a, b)):
+            return
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"cannot unify dimensions of sizes {a.shape[0]} and {b.shape[0]}")
+        if a.shape[1] == 1 and b.shape[1] == 1 and (a >= 0).all() and (b >= 0).all():
+            for x, y in zip(a[:, 0].tolist(), b[:, 0].tolist()):
+                if x != y:
+                    self._unify_single(x, y, reason)
+            return
+        for i in range(a.shape[0]):
+            self.unify_rows(a[i], b[i], reason)
+
+    def _unify_single(self, x: int, y: int, reason: str) -> None:
+        rx, ry = self.find(x), self.find(y)
+        if rx == ry:
+            return
+        if rx in self.refined or ry in self.refined or rx in self.frozen or ry in self.frozen:
+            self.unify_rows((x,), (y,), reason)
+        else:
+            self._union_roots(rx, ry)
+
+    def freeze(self, dim: np.ndarray, reason: str) -> None:
+        """Freeze every atom appearing in a dimension layout (or any array of atom ids)."""
+        atoms = np.unique(dim[dim >= 0]) if isinstance(dim, np.ndarray) else dim
+        self._freeze_leaves(self.leaves(atoms), reason)
+
+    def _freeze_leaves(self, leaves: Iterable[int], reason: str) -> None:
+        for r in leaves:
+            self.frozen.setdefault(r, reason)
+
+    def frozen_reason(self, atom: int) -> Optional[str]:
+        """Why an atom is frozen (checking its factors), or None if it can be pruned."""
+        stack = [atom]
+        while stack:
+            r = self.find(stack.pop())
+            if r in self.frozen:
+                return self.frozen[r]
+            stack.extend(self.refined.get(r, ()))
+        return None
+
+    def can_refine(self, dim: np.ndarray) -> bool:
+        """Whether each index of ``dim`` is one distinct, untouched atom of a single space.
+
+        Such a dimension (the fresh outputs of one layer) can be split into a product of
+        factors (heads x head-dims, groups x channels-per-group) without coupling anything.
+        """
+        if dim.shape[1] != 1 or (dim < 0).any():
+            return False
+        atoms = dim[:, 0].tolist()
+        roots = [self.find(a) for a in atoms]
+        if len(set(roots)) != len(roots):
+            return False
+        if any(r in self.refined or r in self.frozen for r in roots):
+            return False
+        return len({self.space_of[a] for a in atoms}) == 1
+
+    def refine(self, dim: np.ndarray, factors: Sequence[np.ndarray]) -> None:
+        """Refine each atom of ``dim`` into the conjunction of the matching factor rows.
+
+        Args:
+            dim: a layout accepted by :meth:`can_refine`.
+            factors: layouts as long as ``dim``; row ``i`` of each names the factor atoms
+                index ``i`` of ``dim`` becomes.
+        """
+        for i, a in enumerate(dim[:, 0].tolist()):
+            parts = tuple(int(f[i][j]) for f in factors for j in range(f.shape[1]) if f[i][j] >= 0)
+            if parts:
+                self._refine(a, parts)
+            else:
+                self.frozen.setdefault(self.find(a), "its only factors cannot be pruned")
+
+    def resolve(self, dim: np.ndarray) -> list:
+        """The live leaves of every row of a dimension layout."""
+        return [self.leaves(r) for r in dim.tolist()]

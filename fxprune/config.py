@@ -1,0 +1,38 @@
+"""How prepare behaves: which modules are leaves, how strict it is, what it may approximate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+
+@dataclass
+class PruneConfig:
+    """Options for :func:`fxprune.prepare`.
+
+    Args:
+        leaf_modules: module types or qualified names (``"backbone.stem"``) that torch.fx
+            must not trace into. A leaf without an fxprune rule is a frozen boundary:
+            the channels it touches are never pruned.
+        concrete_args: passed to ``torch.fx.Tracer.trace`` to specialise Python values
+            that control flow depends on (for example ``{"return_aux": False}``).
+        strict: raise :class:`~fxprune.errors.UnsupportedOpError` at an op fxprune does
+            not understand, instead of freezing the channels it touches.
+        approximate_norms: let channels normalised by a LayerNorm be pruned. Removing a
+            channel then changes the normalisation of the others, so the finalized model
+            only approximates the masked one and finalize's exactness check is relaxed
+            to a warning for those outputs.
+        gate_branches: put a removable gate on every residual branch (``y = a + g * f(x)``).
+        min_branch_params: a branch needs at least this many parameters to get a gate.
+
+    Example:
+        >>> PruneConfig(leaf_modules=["head"], strict=True).strict
+        True
+    """
+
+    leaf_modules: Sequence[Any] = field(default_factory=tuple)
+    concrete_args: Optional[dict] = None
+    strict: bool = False
+    approximate_norms: bool = False
+    gate_branches: bool = True
+    min_branch_params: int = 1

@@ -1,0 +1,187 @@
+"""Shape and channel propagation: run the graph once and apply every node's rule.
+
+Like ``torch.fx.passes.shape_prop.ShapeProp``, :class:`ChannelFlow` interprets the graph
+on example inputs. Beside each value it computes the node's *layout* (which atoms each
+index of each dimension depends on, see :mod:`fxprune.channels`) by calling the node's
+rule. Parameters get fresh atoms the first time a rule touches them. What cannot be
+understood becomes a barrier: its channels are frozen and the reason is kept.
+
+Example:
+    >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()))
+    >>> flow = ChannelFlow(gm, PruneConfig()).propagate(torch.randn(1, 3, 8, 8))
+    >>> flow.layouts["_1"][1].shape      # the ReLU's channel dimension: 8 rows of atoms
+    (8, 1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from .channels import AtomTable, empty_dim, has_atoms
+from .config import PruneConfig
+from .errors import UnsupportedOpError, op_name
+from .rules import MaskSite, ParamRecord, RuleContext, empty_like, lookup
+
+
+@dataclass
+class Barrier:
+    """An op whose channels fxprune froze, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+class ChannelFlow(torch.fx.Interpreter):
+    """Interprets a GraphModule on example inputs, computing every node's layout."""
+
+    def __init__(self, gm: torch.fx.GraphModule, config: PruneConfig):
+        super().__init__(gm, garbage_collect_values=True)
+        self.config = config
+        self.atoms = AtomTable()
+        self.layouts: dict[str, Any] = {}
+        self.shapes: dict[str, Any] = {}
+        self.params: dict[int, ParamRecord] = {}
+        self.sites: dict[tuple, MaskSite] = {}
+        self.memo: dict = {}
+        self.barriers: list[Barrier] = []
+        self.approximate: list[str] = []
+
+    def propagate(self, *example_inputs) -> "ChannelFlow":
+        """Run the graph in eval mode without gradients; returns self."""
+        modes = {m: m.training for m in self.module.modules()}
+        try:
+            self.module.eval()
+            with torch.no_grad():
+                self.run(*example_inputs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        return self
+
+    # -- interpretation -----------------------------------------------------------------
+    def run_node(self, n: torch.fx.Node) -> Any:
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = getattr(self, n.op)(n.target, args, kwargs)
+        self.shapes[n.name] = pytree.tree_map(_shape_of, out)
+        self.layouts[n.name] = self.layout_for(n, args, kwargs, out)
+        return out
+
+    def call(self, node: torch.fx.Node, args, kwargs):
+        """Call a node's op on other arguments (used by rules that probe an op)."""
+        if node.op == "call_module":
+            return self.module.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_method":
+            self_obj, *rest = args
+            return getattr(self_obj, node.target)(*rest, **kwargs)
+        return node.target(*args, **kwargs)
+
+    def layout_of(self, node: torch.fx.Node):
+        return self.layouts.get(node.name)
+
+    def layout_for(self, n: torch.fx.Node, args, kwargs, out):
+        if n.op == "placeholder":
+            return empty_like(out)
+        if n.op == "get_attr":
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                owner, _, attr = n.target.rpartition(".")
+                return self.param_layout(out, (owner, attr), None)
+            return empty_like(out)
+        if n.op == "output":
+            for leaf in pytree.tree_leaves([self.layouts.get(a.name) for a in n.all_input_nodes]):
+                if leaf is not None and hasattr(leaf, "shape"):
+                    self.atoms.freeze(leaf, "reaches the model output")
+            return None
+        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        ctx = RuleContext(self, n, args, kwargs, out, module)
+        fn = lookup(n, module)
+        if fn is None:
+            if not any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(out)):
+                return empty_like(out)
+            return self._barrier(ctx, n, "fxprune has no rule for this op")
+        try:
+            lay = fn(ctx)
+        except Exception as e:  # a rule that fails must not take prepare down with it
+            if os.environ.get("FXPRUNE_DEBUG"):
+                raise
+            return self._barrier(ctx, n, f"its rule failed ({type(e).__name__}: {e})")
+        if lay is None:
+            return empty_like(out)
+        if not _matches(lay, out):
+            return self._barrier(ctx, n, "its rule returned a layout that does not fit the output")
+        return lay
+
+    def _barrier(self, ctx: RuleContext, n: torch.fx.Node, reason: str):
+        touches = any(has_atoms(d) for *_, lay in ctx.tensor_args() for d in lay)
+        if touches and self.config.strict:
+            raise UnsupportedOpError(
+                f"fxprune cannot prune through this op: {reason}", node=n,
+                hint="register a rule with fxprune.rules.rule, declare the module a leaf, "
+                     "or drop strict=True to freeze the channels it touches")
+        if touches:
+            self.barriers.append(Barrier(n.name, op_name(n), reason))
+        ctx.barrier(reason)
+        return empty_like(ctx.out)
+
+    # -- parameters and mask sites ---------------------------------------------------------
+    def param_layout(self, tensor: torch.Tensor, ref: tuple, roles: Optional[dict], tie: Optional[dict] = None):
+        """The layout of a parameter or buffer, created the first time it is seen.
+
+        Args:
+            tensor: the parameter; keyed by identity, so tied weights share atoms.
+            ref: ``(owner module path, attribute name)``.
+            roles: dimension -> role; only these dimensions get atoms. None: every dimension.
+            tie: dimension -> an existing dimension layout this one is known to equal; a new
+                parameter then shares that layout instead of getting atoms of its own.
+        """
+        record = self.params.get(id(tensor))
+        if record is None:
+            name = ".".join(p for p in ref if p)
+            dims = []
+            for d, size in enumerate(tensor.shape):
+                if tie and d in tie and tie[d] is not None and tie[d].shape[0] == size:
+                    dims.append(tie[d])
+                    continue
+                wanted = tensor.is_floating_point() and (roles is None or d in roles)
+                dims.append(self.atoms.new_space(size, f"{name}:{d}") if wanted else empty_dim(size))
+            record = ParamRecord(refs=[ref], layout=tuple(dims), roles=dict(roles or {}), shape=tuple(tensor.shape))
+            self.params[id(tensor)] = record
+        else:
+            if ref not in record.refs:
+                record.refs.append(ref)
+            for d, role in (roles or {}).items():
+                record.roles.setdefault(d, role)
+        return record.layout
+
+    def add_site(self, source: torch.fx.Node, dim: int, consumer: torch.fx.Node) -> None:
+        """Record that ``consumer`` mixes the channels of ``source`` along ``dim``."""
+        key = (source.name, dim)
+        site = self.sites.get(key)
+        if site is None:
+            site = self.sites[key] = MaskSite(source.name, dim, [])
+        if consumer.name not in site.consumers:
+            site.consumers.append(consumer.name)
+
+    def note_approximate(self, node: torch.fx.Node, dims) -> None:
+        self.approximate.append(node.name)
+
+
+def _shape_of(v):
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _matches(lay, out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return isinstance(lay, tuple) and len(lay) == out.dim() and all(
+            d.shape[0] == s for d, s in zip(lay, out.shape))
+    if isinstance(out, (tuple, list)):
+        return isinstance(lay, (tuple, list)) and len(lay) == len(out) and all(
+            _matches(a, b) for a, b in zip(lay, out))
+    return True

@@ -1,0 +1,128 @@
+"""Folding surviving mask and gate values into neighbouring weights.
+
+A mask scales the channels entering a layer that mixes them, so its values fold into
+that layer's input columns; a gate scales a branch's output, so it folds into the last
+layer of the branch that is linear in its output (a BatchNorm's affine, a convolution's
+weight and bias, a layer-scale parameter). Where no such weight exists the scale stays
+as a plain constant multiply, never as an fxprune module:
+
+    mask(x) ── conv         ->  x ── conv'    (conv'.weight[:, c] = conv.weight[:, c] * m[c])
+    bn ── *gate ── add      ->  bn' ── add    (bn'.weight = g * bn.weight, bn'.bias = g * bn.bias)
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable, Optional
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torchvision
+
+from .masks import role
+
+_MODULE_CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                     nn.ConvTranspose3d)
+_PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                         torchvision.ops.StochasticDepth)
+_PASS_THROUGH_FUNCTIONS = {torchvision.ops.stochastic_depth, torch.nn.functional.dropout}
+_PASS_THROUGH_METHODS = {"contiguous", "permute", "transpose", "reshape", "view", "flatten"}
+
+
+def can_fold_into(gm: torch.fx.GraphModule, consumer: torch.fx.Node, calls: dict) -> bool:
+    """Whether a mask's consumer is a layer, called once, whose input columns can absorb it."""
+    return (consumer.op == "call_module" and calls.get(consumer.target, 0) == 1
+            and isinstance(gm.get_submodule(consumer.target), _MODULE_CONSUMERS))
+
+
+def fold_into_consumer(gm: torch.fx.GraphModule, consumer: torch.fx.Node, vector: torch.Tensor) -> None:
+    """Scale a layer's input columns by ``vector`` (over its input channels)."""
+    m = gm.get_submodule(consumer.target)
+    w = m.weight.data
+    v = vector.to(w.dtype)
+    if isinstance(m, nn.Linear):
+        w.mul_(v.view(1, -1))
+    elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        w.mul_(v.view(-1, *([1] * (w.dim() - 1))))
+    else:
+        groups, per_in = m.groups, w.shape[1]
+        out_per_group = w.shape[0] // groups
+        w.copy_((w.view(groups, out_per_group, per_in, -1) * v.view(groups, 1, per_in, 1)).view_as(w))
+
+
+def fold_gate(gm: torch.fx.GraphModule, out: torch.fx.Node, value: float, calls: dict) -> bool:
+    """Scale the output of a branch by ``value`` inside its last linear layer. False if none."""
+    node = out
+    while True:
+        if len(node.users) != 1 and node is not out:
+            return False
+        target = _scaler(gm, node, calls)
+        if target is not None:
+            target(value)
+            return True
+        nxt = _pass_through_input(gm, node, value)
+        if nxt is None:
+            return False
+        node = nxt
+
+
+def _scaler(gm, node: torch.fx.Node, calls: dict) -> Optional[Callable[[float], None]]:
+    if node.op == "call_module" and calls.get(node.target, 0) == 1:
+        m = gm.get_submodule(node.target)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+                          nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)):
+            if getattr(m, "weight", None) is None:
+                return None
+
+            def scale(value, m=m):
+                m.weight.data.mul_(value)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.data.mul_(value)
+
+            return scale
+    if node.op == "call_function" and node.target in (operator.mul, torch.mul):
+        for arg in node.args:
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and len(arg.users) == 1:
+                owner, _, attr = arg.target.rpartition(".")
+                param = getattr(gm.get_submodule(owner) if owner else gm, attr)
+                return lambda value, p=param: p.data.mul_(value)
+    return None
+
+
+def _pass_through_input(gm, node: torch.fx.Node, value: float) -> Optional[torch.fx.Node]:
+    first = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _PASS_THROUGH_MODULES):
+        return first
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.ReLU, nn.ReLU6)) and value > 0:
+        return first if isinstance(gm.get_submodule(node.target), nn.ReLU) else None
+    if node.op == "call_function" and node.target in _PASS_THROUGH_FUNCTIONS:
+        return first
+    if node.op == "call_method" and node.target in _PASS_THROUGH_METHODS:
+        return first
+    if node.op == "call_function" and node.target in (torch.permute, torch.transpose, torch.flatten, torch.reshape):
+        return first
+    return None
+
+
+def module_calls(gm: torch.fx.GraphModule) -> dict:
+    """How many call_module nodes call each module path (a fold needs exactly one)."""
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    return calls
+
+
+def constant_multiply(gm: torch.fx.GraphModule, node: torch.fx.Node, source: torch.fx.Node, scale: torch.Tensor,
+                      name: str) -> None:
+    """Replace a mask or gate node by ``source * constant`` with the constant as a plain buffer."""
+    gm.register_buffer(name, scale)
+    with gm.graph.inserting_before(node):
+        const = gm.graph.get_attr(name)
+        mul = gm.graph.call_function(operator.mul, (source, const))
+    node.replace_all_uses_with(mul)
+
+
+def is_fxprune(node: torch.fx.Node) -> bool:
+    return role(node) is not None

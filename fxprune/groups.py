@@ -1,0 +1,245 @@
+"""Channels and coupled-channel groups, read off a finished :class:`~fxprune.flow.ChannelFlow`.
+
+After propagation every live atom class is a *channel*: a set of indices across tensors
+and parameters that is removed as one. Channels that appear in exactly the same
+tensor dimensions form a *group* and share one mask vector. A group therefore never
+straddles a layer boundary: emptying no group can never empty a tensor dimension.
+
+    conv1.weight:0, bn1.*, relu out, conv2.weight:1    -> group g0 (conv1's 64 filters)
+    residual stream of a ResNet stage (every block)     -> one group: those channels go together
+    densenet: each layer's 32 new channels              -> a group per layer (the concats differ)
+
+Channels nobody consumes (no mask could ever switch them off) are frozen here.
+
+Example:
+    >>> index = resolve(flow)                      # doctest: +SKIP
+    >>> [g.size for g in index.groups][:3]         # doctest: +SKIP
+    [64, 64, 256]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from torch.utils import _pytree as pytree
+
+from .channels import AtomTable
+
+NONE = -1
+
+
+@dataclass
+class TensorDim:
+    """One dimension of one tensor: a node's output (``kind="node"``) or a parameter."""
+
+    kind: str
+    name: str
+    dim: int
+    role: Optional[str] = None
+
+    def __str__(self) -> str:
+        role = f" ({self.role})" if self.role else ""
+        return f"{self.name}:{self.dim}{role}"
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that appear in exactly the same tensor dimensions and share one mask.
+
+    Args:
+        name: the mask's name, ``g<k>``.
+        size: number of channels.
+        members: the tensor dimensions holding these channels.
+    """
+
+    name: str
+    size: int
+    members: list = field(default_factory=list)
+
+    @property
+    def producers(self) -> list:
+        """Parameter dimensions that create these channels (filters, rows of a weight)."""
+        return [m for m in self.members if m.kind == "param" and m.role == "out"]
+
+    @property
+    def consumers(self) -> list:
+        """Parameter dimensions that read these channels (input columns of a weight)."""
+        return [m for m in self.members if m.kind == "param" and m.role == "in"]
+
+
+@dataclass
+class ChannelIndex:
+    """Every channel, its group, and every layout rewritten in channel ids.
+
+    Args:
+        groups: the channel groups.
+        group_of: channel id -> group index.
+        position: channel id -> index inside its group's mask.
+        node_layouts: node name -> layouts (pytree) whose rows list channel ids.
+        params: parameter records whose layouts list channel ids.
+        frozen: reason -> number of atoms frozen for it.
+    """
+
+    groups: list
+    group_of: np.ndarray
+    position: np.ndarray
+    node_layouts: dict
+    params: list
+    frozen: dict
+
+
+def resolve(flow) -> ChannelIndex:
+    """Turn the atom table of a finished flow into channels and groups."""
+    atoms: AtomTable = flow.atoms
+    _freeze_unconsumed(flow)
+    leaf_table = _leaf_table(atoms)
+    live = np.unique(leaf_table[leaf_table >= 0])
+    cid_of_leaf = np.full(len(atoms.parent) + 1, NONE, dtype=np.int64)
+    cid_of_leaf[live] = np.arange(live.size)
+    cache: dict[int, np.ndarray] = {}
+
+    def to_cids(dim):
+        if not hasattr(dim, "shape"):
+            return dim
+        hit = cache.get(id(dim))
+        if hit is None:
+            hit = cache[id(dim)] = _rows_to_cids(dim, leaf_table, cid_of_leaf)
+        return hit
+
+    node_layouts = {name: pytree.tree_map(to_cids, lay) for name, lay in flow.layouts.items()}
+    params = []
+    for record in flow.params.values():
+        record.frozen = {d: _frozen_reasons(atoms, dim) for d, dim in enumerate(record.layout) if d in record.roles}
+        record.layout = tuple(to_cids(d) for d in record.layout)
+        params.append(record)
+    groups, group_of, position = _group_by_signature(live.size, node_layouts, params)
+    frozen: dict[str, int] = {}
+    for reason in atoms.frozen.values():
+        frozen[reason] = frozen.get(reason, 0) + 1
+    return ChannelIndex(groups, group_of, position, node_layouts, params, frozen)
+
+
+def _freeze_unconsumed(flow) -> None:
+    """Freeze channels that no mask site sees: switching them off would change nothing."""
+    atoms = flow.atoms
+    consumed: set[int] = set()
+    for site in flow.sites.values():
+        dim = flow.layouts[site.source][site.dim]
+        for a in np.unique(dim[dim >= 0]).tolist():
+            consumed.update(atoms.leaves((a,)))
+    roots = {atoms.find(a) for a in range(len(atoms.parent))}
+    for r in roots:
+        for leaf in atoms.leaves((r,)):
+            if leaf not in consumed:
+                atoms.frozen.setdefault(leaf, "no op mixes these channels")
+
+
+def _frozen_reasons(atoms: AtomTable, dim: np.ndarray) -> dict:
+    """reason -> how many indices of this dimension are frozen for it."""
+    reasons: dict[str, int] = {}
+    uniq = np.unique(dim[dim >= 0])
+    live = {int(a): bool(atoms.leaves((int(a),))) for a in uniq}
+    for r in dim.tolist():
+        present = [a for a in r if a >= 0]
+        if any(live[a] for a in present):
+            continue
+        if not present:
+            reason = "never prunable (fed by the input, size one, or coupled to something fixed)"
+        else:
+            reason = next((atoms.frozen_reason(a) for a in present if atoms.frozen_reason(a)), "frozen")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
+def _leaf_table(atoms: AtomTable) -> np.ndarray:
+    """atom -> its live leaves, as rows of a ``[n_atoms + 1, k]`` array (last row: none)."""
+    n = len(atoms.parent)
+    roots = [atoms.find(a) for a in range(n)]
+    per_root: dict[int, tuple] = {}
+    for r in set(roots):
+        per_root[r] = atoms.leaves((r,))
+    k = max([len(v) for v in per_root.values()] + [1])
+    table = np.full((n + 1, k), NONE, dtype=np.int64)
+    for a, r in enumerate(roots):
+        leaves = per_root[r]
+        table[a, : len(leaves)] = leaves
+    return table
+
+
+def _rows_to_cids(dim: np.ndarray, leaf_table: np.ndarray, cid_of_leaf: np.ndarray) -> np.ndarray:
+    if dim.shape[1] == 0:
+        return dim
+    expanded = leaf_table[dim]  # -1 indexes the last row, which holds no leaves
+    flat = expanded.reshape(dim.shape[0], -1)
+    cids = np.where(flat >= 0, cid_of_leaf[flat], NONE)
+    cids = -np.sort(-cids, axis=1)
+    dup = np.zeros_like(cids, dtype=bool)
+    dup[:, 1:] = (cids[:, 1:] == cids[:, :-1]) & (cids[:, 1:] >= 0)
+    cids[dup] = NONE
+    cids = -np.sort(-cids, axis=1)
+    keep = (cids >= 0).any(axis=0)
+    return np.ascontiguousarray(cids[:, keep])
+
+
+def _group_by_signature(n_channels: int, node_layouts: dict, params: list):
+    """Group channels by the exact set of tensor dimensions they appear in."""
+    members: list[TensorDim] = []
+    pairs = []
+    seen: dict[int, int] = {}
+    for name, lay in node_layouts.items():
+        for path, d, dim in _dims(lay):
+            _add_member(members, pairs, seen, dim, TensorDim("node", f"{name}{path}", d))
+    for record in params:
+        owner, attr = record.refs[0]
+        name = f"{owner}.{attr}" if owner else attr
+        for d, dim in enumerate(record.layout):
+            _add_member(members, pairs, seen, dim, TensorDim("param", name, d, record.roles.get(d)))
+    if not pairs:
+        return [], np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cid = np.concatenate([p[0] for p in pairs])
+    mid = np.concatenate([p[1] for p in pairs])
+    order = np.lexsort((mid, cid))
+    cid, mid = cid[order], mid[order]
+    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
+    ends = np.r_[starts[1:], cid.size]
+    by_signature: dict[tuple, list] = {}
+    for s, e in zip(starts, ends):
+        by_signature.setdefault(tuple(mid[s:e].tolist()), []).append(int(cid[s]))
+    group_of = np.full(n_channels, NONE, dtype=np.int64)
+    position = np.full(n_channels, NONE, dtype=np.int64)
+    groups = []
+    for signature, channels in sorted(by_signature.items(), key=lambda kv: kv[1][0]):
+        g = len(groups)
+        group_of[channels] = g
+        position[channels] = np.arange(len(channels))
+        groups.append(ChannelGroup(f"g{g}", len(channels), [t for m in signature for t in members[m]]))
+    return groups, group_of, position
+
+
+def _add_member(members, pairs, seen, dim, member: TensorDim) -> None:
+    """Record that ``member`` holds the channels of ``dim``; arrays shared by several are paired once."""
+    if dim.shape[1] == 0:
+        return
+    key = id(dim)
+    if key in seen:
+        members[seen[key]].append(member)
+        return
+    mid = seen[key] = len(members)
+    members.append([member])
+    present = np.unique(dim[dim >= 0])
+    pairs.append((present, np.full(present.size, mid, dtype=np.int64)))
+
+
+def _dims(lay, path=""):
+    """``(path, dimension, layout)`` for every dimension of a (possibly nested) layout."""
+    if lay is None:
+        return
+    if isinstance(lay, tuple) and lay and all(hasattr(d, "shape") for d in lay):
+        for i, d in enumerate(lay):
+            yield path, i, d
+        return
+    if isinstance(lay, (tuple, list)):
+        for i, sub in enumerate(lay):
+            yield from _dims(sub, f"{path}[{i}]")

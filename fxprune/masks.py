@@ -1,0 +1,149 @@
+"""Mask and gate modules, and where they go in the graph.
+
+One mask vector per channel group and one scalar gate per removable branch live in a
+:class:`MaskBank`, registered on the prepared model as ``fxprune``. A mask is applied
+where its channels enter an op that mixes them (the input of a convolution, a linear
+layer, a contraction): there a zero removes the channel's every contribution, whatever
+ops (BatchNorm, biases, residual adds) turned its zeros into something else on the way.
+A gate scales a branch just before its join:
+
+    before:  bn1 ── relu ── conv2            a ──────────── add
+    after:   bn1 ── relu ── mask(g3) ── conv2   f ── *gate(b0) ── add
+
+Example:
+    >>> pm = fxprune.prepare(model)                      # doctest: +SKIP
+    >>> pm.fxprune.masks["g0"].data[:4] = 0              # prune four channels of group 0
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+
+ROLE = "fxprune"
+
+
+class MaskBank(nn.Module):
+    """Holds every channel mask (``masks.g<k>``) and branch gate (``gates.b<k>``); all start at 1."""
+
+    def __init__(self, group_sizes: list, gate_names: list, dtype: torch.dtype, device):
+        super().__init__()
+        self.masks = nn.ParameterDict(
+            {f"g{i}": nn.Parameter(torch.ones(n, dtype=dtype, device=device)) for i, n in enumerate(group_sizes)})
+        self.gates = nn.ParameterDict(
+            {name: nn.Parameter(torch.ones((), dtype=dtype, device=device)) for name in gate_names})
+        self.sites = nn.ModuleDict()
+
+
+class ChannelMask(nn.Module):
+    """Scales dimension ``dim`` of its input by its channels' mask values.
+
+    Index ``i`` of that dimension is scaled by the product of the mask entries of the
+    channels it depends on (usually one; two for a head-dim of a head).
+
+    Args:
+        dim: the dimension scaled.
+        index: ``[size, k]`` positions into the concatenation of the mask vectors passed
+            to ``forward`` followed by a single 1 (padding points at that 1).
+    """
+
+    def __init__(self, dim: int, index: torch.Tensor):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("index", index, persistent=False)
+
+    def scale(self, *masks: torch.Tensor) -> torch.Tensor:
+        """The factor each index of the masked dimension is multiplied by."""
+        vector = torch.cat([*masks, torch.ones(1, dtype=masks[0].dtype, device=masks[0].device)])
+        return vector[self.index].prod(dim=-1) if self.index.shape[1] > 1 else vector[self.index[:, 0]]
+
+    def forward(self, x: torch.Tensor, *masks: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        return x * self.scale(*masks).to(x.dtype).view(shape)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, size={self.index.shape[0]}"
+
+
+def site_index(cids: np.ndarray, group_of: np.ndarray, position: np.ndarray):
+    """The groups a site reads and its ``ChannelMask`` index over their concatenated masks.
+
+    Args:
+        cids: the site's dimension layout in channel ids (``[size, k]``, -1 padded).
+        group_of: channel id -> group; position: channel id -> index in the group's mask.
+
+    Returns:
+        ``(group indices, index [size, k] as a LongTensor)``.
+    """
+    present = cids[cids >= 0]
+    groups = sorted(set(group_of[present].tolist()))
+    offsets = {}
+    total = 0
+    for g in groups:
+        offsets[g] = total
+        total += int((group_of == g).sum())
+    flat = np.full(cids.shape, total, dtype=np.int64)
+    ok = cids >= 0
+    flat[ok] = np.array([offsets[g] for g in group_of[cids[ok]].tolist()], dtype=np.int64) + position[cids[ok]]
+    return groups, torch.from_numpy(flat)
+
+
+def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
+    """Insert a ``ChannelMask`` for each site between its source and its consumers.
+
+    Args:
+        gm: the traced model, which already holds the ``fxprune`` MaskBank.
+        sites: the flow's ``MaskSite``s.
+        index: the :class:`~fxprune.groups.ChannelIndex`.
+
+    Returns:
+        The names of the inserted mask modules, one per site that holds prunable channels.
+    """
+    bank: MaskBank = gm.fxprune
+    by_name = {n.name: n for n in gm.graph.nodes}
+    inserted = []
+    for site in sites:
+        cids = index.node_layouts[site.source][site.dim]
+        if cids.shape[1] == 0 or not (cids >= 0).any():
+            continue
+        groups, flat = site_index(cids, index.group_of, index.position)
+        name = f"s{len(bank.sites)}"
+        bank.sites[name] = ChannelMask(site.dim, flat.to(bank.masks["g0"].device))
+        source = by_name[site.source]
+        anchor, getters = source, []
+        for g in groups:
+            with gm.graph.inserting_after(anchor):
+                anchor = gm.graph.get_attr(f"fxprune.masks.g{g}")
+            getters.append(anchor)
+        with gm.graph.inserting_after(anchor):
+            masked = gm.graph.call_module(f"fxprune.sites.{name}", (source, *getters))
+        masked.meta[ROLE] = {"role": "mask", "site": name, "source": site.source, "dim": site.dim,
+                             "groups": groups}
+        for consumer in site.consumers:
+            by_name[consumer].replace_input_with(source, masked)
+        inserted.append(name)
+    return inserted
+
+
+def insert_gates(gm: torch.fx.GraphModule, branches: list) -> None:
+    """Put ``f * gate`` between each branch's output and its join."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for branch in branches:
+        out, join = by_name[branch.output], by_name[branch.join]
+        with gm.graph.inserting_after(out):
+            gate = gm.graph.get_attr(f"fxprune.gates.{branch.name}")
+        with gm.graph.inserting_after(gate):
+            gated = gm.graph.call_function(operator.mul, (out, gate))
+        gated.meta[ROLE] = {"role": "gate", "branch": branch.name}
+        join.replace_input_with(out, gated)
+
+
+def role(node: torch.fx.Node):
+    """What fxprune inserted this node as: ``"mask"``, ``"gate"`` or None."""
+    info = node.meta.get(ROLE)
+    return info.get("role") if isinstance(info, dict) else None

@@ -1,0 +1,232 @@
+"""The op-rule registry: how channels flow through each op, keyed the way FX keys nodes.
+
+A rule is a function ``rule(ctx: RuleContext) -> output layout`` registered with
+:func:`rule` under the module type (``call_module``), the function object
+(``call_function``) or the method name (``call_method``). It reads the layouts of the
+node's tensor arguments from ``ctx``, ties atoms together (``ctx.unify``), marks where
+channels are consumed by an op that mixes them (``ctx.consume``: a mask goes there),
+freezes what it cannot prune (``ctx.freeze``), and returns the layout of the output
+(``None`` for "no atoms anywhere").
+
+Example:
+    >>> @rule(torch.nn.ReLU)                     # doctest: +SKIP
+    ... def relu(ctx):
+    ...     return ctx.layout(0)                  # channels pass through unchanged
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from ..channels import AtomTable, Layout, empty_dim, empty_layout, has_atoms
+
+RuleFn = Callable[["RuleContext"], Any]
+
+_MODULE_RULES: dict[type, RuleFn] = {}
+_FUNCTION_RULES: dict[Any, RuleFn] = {}
+_METHOD_RULES: dict[str, RuleFn] = {}
+
+
+def rule(*keys) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` for module types, function objects or method names.
+
+    Args:
+        keys: ``nn.Module`` subclasses, callables (``torch.cat``, ``operator.add``) or
+            method names (``"view"``).
+    """
+
+    def register(fn: RuleFn) -> RuleFn:
+        for key in keys:
+            if isinstance(key, str):
+                _METHOD_RULES[key] = fn
+            elif isinstance(key, type) and issubclass(key, torch.nn.Module):
+                _MODULE_RULES[key] = fn
+            else:
+                _FUNCTION_RULES[key] = fn
+        return fn
+
+    return register
+
+
+def lookup(node: torch.fx.Node, module: Optional[torch.nn.Module]) -> Optional[RuleFn]:
+    """The rule for a node, or None when fxprune does not understand the op.
+
+    A subclass of a registered module type shares its rule only if it keeps the base
+    class's ``forward``; a subclass with its own forward is a different op.
+    """
+    if node.op == "call_module":
+        cls = type(module)
+        if cls in _MODULE_RULES:
+            return _MODULE_RULES[cls]
+        for base in cls.__mro__[1:]:
+            if base in _MODULE_RULES and cls.forward is base.forward:
+                return _MODULE_RULES[base]
+        return None
+    if node.op == "call_function":
+        try:
+            return _FUNCTION_RULES.get(node.target)
+        except TypeError:  # unhashable target
+            return None
+    if node.op == "call_method":
+        return _METHOD_RULES.get(node.target)
+    return None
+
+
+@dataclass
+class ParamRecord:
+    """A parameter or buffer whose dimensions carry atoms.
+
+    Args:
+        refs: every ``(owner module path, attribute name)`` that holds this tensor.
+        layout: one dimension layout per tensor dimension.
+        roles: per dimension, ``"out"`` (it produces channels: filters), ``"in"`` (it
+            consumes them) or ``"channel"`` (per-channel scale, shift or statistic).
+        shape: the tensor's shape when prepared.
+        frozen: per dimension with a role, reason -> number of indices frozen for it.
+    """
+
+    refs: list
+    layout: Layout
+    roles: dict = field(default_factory=dict)
+    shape: tuple = ()
+    frozen: dict = field(default_factory=dict)
+
+
+@dataclass
+class MaskSite:
+    """Where a channel mask goes: dimension ``dim`` of the output of node ``source``,
+    read by the ops named in ``consumers``, which mix those channels."""
+
+    source: str
+    dim: int
+    consumers: list = field(default_factory=list)
+
+
+class RuleContext:
+    """What a rule sees of one node: its values, its arguments' layouts, and the atom table."""
+
+    def __init__(self, flow, node: torch.fx.Node, args, kwargs, out, module):
+        self.flow = flow
+        self.node = node
+        self.args = args
+        self.kwargs = kwargs
+        self.out = out
+        self.module = module
+        self.atoms: AtomTable = flow.atoms
+
+    # -- reading arguments ------------------------------------------------------------
+    def arg(self, index: int, name: Optional[str] = None, default=None):
+        """The value of a positional-or-keyword argument."""
+        if index is not None and index < len(self.args):
+            return self.args[index]
+        if name is not None and name in self.kwargs:
+            return self.kwargs[name]
+        return default
+
+    def arg_node(self, index: int, name: Optional[str] = None):
+        """The FX node behind an argument (None for constants)."""
+        if index is not None and index < len(self.node.args):
+            a = self.node.args[index]
+        else:
+            a = self.node.kwargs.get(name) if name else None
+        return a if isinstance(a, torch.fx.Node) else None
+
+    def layout(self, index: int, name: Optional[str] = None) -> Optional[Layout]:
+        """The layout of a tensor argument, or None when it is not a traced tensor."""
+        n = self.arg_node(index, name)
+        if n is None:
+            v = self.arg(index, name)
+            return empty_layout(v.shape) if isinstance(v, torch.Tensor) else None
+        return self.flow.layout_of(n)
+
+    def tensor_args(self):
+        """Every floating-point tensor among the arguments, as ``(path, node, value, layout)``."""
+        flat_nodes, _ = pytree.tree_flatten((self.node.args, self.node.kwargs))
+        flat_vals, _ = pytree.tree_flatten((self.args, self.kwargs))
+        out = []
+        for i, (n, v) in enumerate(zip(flat_nodes, flat_vals)):
+            if isinstance(v, torch.Tensor):
+                lay = self.flow.layout_of(n) if isinstance(n, torch.fx.Node) else empty_layout(v.shape)
+                out.append((i, n, v, lay))
+        return out
+
+    # -- parameters -------------------------------------------------------------------
+    def param(self, name: str, roles: Optional[dict] = None, tie: Optional[dict] = None) -> Optional[Layout]:
+        """The layout of a parameter or buffer of the called module (created on first use).
+
+        Args:
+            name: the attribute name on the module.
+            roles: dimension -> ``"out"``, ``"in"`` or ``"channel"``; only these get atoms.
+            tie: dimension -> a layout that dimension equals (saves atoms and unions).
+        """
+        tensor = getattr(self.module, name, None)
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        lay = self.flow.param_layout(tensor, (self.node.target, name), roles, tie)
+        for d, other in (tie or {}).items():
+            if other is not None:
+                self.unify(lay[d], other)
+        return lay
+
+    def memo(self, key, make: Callable[[], Any]):
+        """A value computed once per key (e.g. the group factor of a shared conv)."""
+        memo = self.flow.memo
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    # -- tying atoms ------------------------------------------------------------------
+    def unify(self, a: np.ndarray, b: np.ndarray, reason: str = "") -> None:
+        self.atoms.unify(a, b, reason or f"coupled at {self.node.name}")
+
+    def freeze(self, dims, reason: str) -> None:
+        """Freeze the atoms of one dimension layout, a whole layout, or a list of them."""
+        if dims is None:
+            return
+        if isinstance(dims, np.ndarray):
+            dims = [dims]
+        for d in dims:
+            if d is not None and has_atoms(d):
+                self.atoms.freeze(d, f"{reason} (at {self.node.name})")
+
+    def new_space(self, size: int, name: str) -> np.ndarray:
+        return self.atoms.new_space(size, f"{name}@{self.node.name}")
+
+    def consume(self, index: int, dim: int, name: Optional[str] = None) -> None:
+        """Channels of argument ``index`` along ``dim`` are mixed by this op: mask them here."""
+        src = self.arg_node(index, name)
+        lay = self.layout(index, name)
+        if src is None or lay is None:
+            return
+        dim = dim % len(lay)
+        if has_atoms(lay[dim]):
+            self.flow.add_site(src, dim, self.node)
+
+    def barrier(self, reason: str):
+        """Freeze every atom of every tensor argument; the output carries no atoms."""
+        for _, _, _, lay in self.tensor_args():
+            self.freeze(list(lay), reason)
+        return None
+
+    def empty_out(self):
+        """A layout with no atoms shaped like this node's output."""
+        return empty_like(self.out)
+
+
+def empty_like(value):
+    """Empty layouts mirroring a (possibly nested) output value."""
+    if isinstance(value, torch.Tensor):
+        return empty_layout(value.shape)
+    if isinstance(value, (tuple, list)):
+        return tuple(empty_like(v) for v in value)
+    return None
+
+
+def empty(size: int) -> np.ndarray:
+    return empty_dim(size)

@@ -1,0 +1,88 @@
+"""finalize's self-check: the finalized model must compute what the masked model computes.
+
+The reference is the prepared model with every mask and gate at or below the threshold
+set to exactly zero (restored afterwards), both run in eval mode on the example inputs
+prepare recorded. The error is the largest absolute difference over all outputs,
+relative to the largest output magnitude (at least 1).
+
+Example:
+    >>> error = equivalence_error(pm, small, state.example_inputs, threshold=0.0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import EquivalenceError
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+
+@contextmanager
+def eval_mode(*models):
+    modes = [{m: m.training for m in model.modules()} for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for mode in modes:
+            for m, training in mode.items():
+                m.training = training
+
+
+@contextmanager
+def thresholded(pm, threshold: float):
+    """Temporarily zero every mask entry and gate at or below ``threshold``."""
+    saved = []
+    with torch.no_grad():
+        for p in list(pm.fxprune.masks.values()) + list(pm.fxprune.gates.values()):
+            saved.append((p, p.detach().clone()))
+            p.masked_fill_(p.abs() <= threshold, 0.0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in saved:
+                p.copy_(value)
+
+
+def equivalence_error(pm, finalized, inputs, threshold: float) -> float:
+    """Largest difference between the masked and the finalized model, relative to output size."""
+    with torch.no_grad(), eval_mode(pm, finalized), thresholded(pm, threshold):
+        reference = pm(*inputs)
+        result = finalized(*inputs)
+    ref_leaves = [t for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    out_leaves = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+    if len(ref_leaves) != len(out_leaves) or any(a.shape != b.shape for a, b in zip(ref_leaves, out_leaves)):
+        raise EquivalenceError("the finalized model's outputs do not have the masked model's shapes",
+                               hint="please report this model to fxprune; finalize(check=False) skips the check")
+    error = 0.0
+    for a, b in zip(ref_leaves, out_leaves):
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return float("inf")
+            continue
+        scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
+        diff = (a.double() - b.double()).abs()
+        worst = float(diff.max()) if diff.numel() else 0.0
+        if worst != worst:  # NaN
+            return float("inf")
+        error = max(error, worst / scale)
+    return error
+
+
+def check(pm, finalized, inputs, threshold: float, dtype: torch.dtype) -> float:
+    """Raise :class:`EquivalenceError` unless the finalized model matches the masked one."""
+    error = equivalence_error(pm, finalized, inputs, threshold)
+    tolerance = TOLERANCE.get(dtype, 1e-4)
+    if not error <= tolerance:
+        raise EquivalenceError(
+            f"the finalized model differs from the masked model by {error:.3g} (relative), more than the "
+            f"{tolerance:g} allowed for {dtype}",
+            hint="this is a bug in fxprune; please report the model. finalize(check=False) returns the model "
+                 "unchecked")
+    return error

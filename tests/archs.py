@@ -1,0 +1,148 @@
+"""A hypothesis strategy for random CNN architectures.
+
+An architecture is a small program over a list of tensors: each step reads earlier
+tensors and appends one. Steps are convolutions (plain, grouped, depthwise) with
+optional BatchNorm and activation, residual adds, concats, splits, slices, channel
+shuffles, squeeze-excitation, pooling, and finally a head (global pooling or flatten)
+into a Linear layer. ``RandomNet`` interprets the program in ``forward``; the loop is
+over a static list, so torch.fx unrolls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "none": nn.Identity, "hardswish": nn.Hardswish}
+
+
+@dataclass(frozen=True)
+class Arch:
+    steps: tuple          # ("conv", src, out, k, groups, bn, act) | ("add", a, b) | ...
+    in_channels: int
+    size: int
+    head: str             # "pool" or "flatten"
+    classes: int
+
+
+class RandomNet(nn.Module):
+    def __init__(self, arch: Arch):
+        super().__init__()
+        self.arch = arch
+        self.layers = nn.ModuleDict()
+        shapes = [(arch.in_channels, arch.size)]
+        for i, step in enumerate(arch.steps):
+            kind = step[0]
+            if kind == "conv":
+                _, src, out, k, groups, bn, act = step
+                c = shapes[src][0]
+                layers = [nn.Conv2d(c, out, k, padding=k // 2, groups=groups, bias=not bn)]
+                if bn:
+                    layers.append(nn.BatchNorm2d(out))
+                layers.append(ACTS[act]())
+                self.layers[str(i)] = nn.Sequential(*layers)
+                shapes.append((out, shapes[src][1]))
+            elif kind == "se":
+                _, src, hidden = step
+                c = shapes[src][0]
+                self.layers[str(i)] = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, c, 1),
+                                                    nn.Sigmoid())
+                shapes.append(shapes[src])
+            else:
+                shapes.append(_shape_after(step, shapes))
+        last_c, last_s = shapes[-1]
+        features = last_c if arch.head == "pool" else last_c * last_s * last_s
+        self.fc = nn.Linear(features, arch.classes)
+
+    def forward(self, x):
+        ts = [x]
+        for i, step in enumerate(self.arch.steps):
+            kind = step[0]
+            if kind == "conv":
+                ts.append(self.layers[str(i)](ts[step[1]]))
+            elif kind == "se":
+                src = ts[step[1]]
+                ts.append(src * self.layers[str(i)](F.adaptive_avg_pool2d(src, 1)))
+            elif kind == "add":
+                ts.append(ts[step[1]] + ts[step[2]])
+            elif kind == "cat":
+                ts.append(torch.cat([ts[step[1]], ts[step[2]]], dim=1))
+            elif kind == "chunk":
+                ts.append(torch.chunk(ts[step[1]], 2, dim=1)[step[2]])
+            elif kind == "slice":
+                ts.append(ts[step[1]][:, step[2]:step[3]])
+            elif kind == "shuffle":
+                t = ts[step[1]]
+                n, c, h, w = t.shape
+                ts.append(t.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
+            elif kind == "pool":
+                ts.append(F.max_pool2d(ts[step[1]], 2) if step[2] == "max" else F.avg_pool2d(ts[step[1]], 2))
+        y = ts[-1]
+        y = F.adaptive_avg_pool2d(y, 1).flatten(1) if self.arch.head == "pool" else torch.flatten(y, 1)
+        return self.fc(y)
+
+
+def _shape_after(step, shapes):
+    kind = step[0]
+    c, s = shapes[step[1]]
+    if kind == "add":
+        return (c, s)
+    if kind == "cat":
+        return (c + shapes[step[2]][0], s)
+    if kind == "chunk":
+        return (c // 2, s)
+    if kind == "slice":
+        return (step[3] - step[2], s)
+    if kind == "shuffle":
+        return (c, s)
+    if kind == "pool":
+        return (c, s // 2)
+    raise ValueError(kind)
+
+
+@st.composite
+def architectures(draw, max_steps: int = 8):
+    in_channels = draw(st.integers(1, 4))
+    size = draw(st.sampled_from([4, 6, 8]))
+    shapes = [(in_channels, size)]
+    steps = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        kind = draw(st.sampled_from(["conv", "conv", "conv", "add", "cat", "chunk", "slice", "shuffle", "se", "pool"]))
+        src = draw(st.integers(0, len(shapes) - 1))
+        c, s = shapes[src]
+        step = None
+        if kind == "conv":
+            out = draw(st.integers(1, 12))
+            common = [g for g in range(2, 5) if c % g == 0 and out % g == 0]
+            groups = draw(st.sampled_from([1] + common + ([c] if out % c == 0 and c > 1 else [])))
+            step = ("conv", src, out, draw(st.sampled_from([1, 3])), groups, draw(st.booleans()),
+                    draw(st.sampled_from(sorted(ACTS))))
+        elif kind == "add":
+            partners = [j for j, sh in enumerate(shapes) if sh == (c, s) and j != src]
+            if partners:
+                step = ("add", src, draw(st.sampled_from(partners)))
+        elif kind == "cat":
+            partners = [j for j, sh in enumerate(shapes) if sh[1] == s]
+            step = ("cat", src, draw(st.sampled_from(partners)))
+        elif kind == "chunk" and c >= 2 and c % 2 == 0:
+            step = ("chunk", src, draw(st.integers(0, 1)))
+        elif kind == "slice" and c >= 2:
+            start = draw(st.integers(0, c - 2))
+            step = ("slice", src, start, draw(st.integers(start + 1, c)))
+        elif kind == "shuffle" and c % 2 == 0 and c >= 2:
+            step = ("shuffle", src)
+        elif kind == "se" and src > 0:
+            step = ("se", src, draw(st.integers(1, 4)))
+        elif kind == "pool" and s >= 2:
+            step = ("pool", src, draw(st.sampled_from(["max", "avg"])))
+        if step is None:
+            continue
+        steps.append(step)
+        shapes.append(_shape_after(step, shapes) if step[0] not in ("conv", "se") else
+                      ((step[2], s) if step[0] == "conv" else (c, s)))
+    head = draw(st.sampled_from(["pool", "flatten"]))
+    return Arch(tuple(steps), in_channels, size, head, draw(st.integers(1, 5)))

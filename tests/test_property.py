@@ -1,0 +1,25 @@
+"""The central property on random architectures: finalize equals the masked model."""
+
+import os
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fxprune
+from archs import RandomNet, architectures
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
+
+EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "200"))
+
+
+@settings(max_examples=EXAMPLES)
+@given(arch=architectures(), seed=st.integers(0, 2**16), fraction=st.sampled_from([0.0, 0.25, 0.5, 0.75]),
+       gates=st.booleans())
+def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, gates):
+    torch.manual_seed(seed)
+    model = randomize(RandomNet(arch).eval(), seed)
+    x = torch.randn(2, arch.in_channels, arch.size, arch.size)
+    pm = fxprune.prepare(model, x)
+    zero_channels(pm, fraction, seed=seed, gates=gates)
+    assert_finalized_equals_masked(pm)
