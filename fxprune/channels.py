@@ -159,7 +159,9 @@ class AtomTable:
         if lp == lq:
             return
         if not lp or not lq:
-            self._freeze_leaves(lp or lq, reason)
+            fixed = p if not lp else q
+            why = next((self.frozen_reason(a) for a in fixed if a >= 0 and self.frozen_reason(a)), None)
+            self._freeze_leaves(lp or lq, why or f"{reason}: tied to channels that are never pruned")
             return
         common = set(lp) & set(lq)
         rp = [a for a in lp if a not in common]

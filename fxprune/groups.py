@@ -95,6 +95,7 @@ def resolve(flow) -> ChannelIndex:
     atoms: AtomTable = flow.atoms
     _freeze_unconsumed(flow)
     leaf_table = _leaf_table(atoms)
+    atom_live = np.r_[leaf_table[:-1, 0] >= 0, False]
     live = np.unique(leaf_table[leaf_table >= 0])
     cid_of_leaf = np.full(len(atoms.parent) + 1, NONE, dtype=np.int64)
     cid_of_leaf[live] = np.arange(live.size)
@@ -111,7 +112,8 @@ def resolve(flow) -> ChannelIndex:
     node_layouts = {name: pytree.tree_map(to_cids, lay) for name, lay in flow.layouts.items()}
     params = []
     for record in flow.params.values():
-        record.frozen = {d: _frozen_reasons(atoms, dim) for d, dim in enumerate(record.layout) if d in record.roles}
+        record.frozen = {d: _frozen_reasons(atoms, atom_live, dim)
+                         for d, dim in enumerate(record.layout) if d in record.roles}
         record.layout = tuple(to_cids(d) for d in record.layout)
         params.append(record)
     groups, group_of, position = _group_by_signature(live.size, node_layouts, params)
@@ -124,47 +126,52 @@ def resolve(flow) -> ChannelIndex:
 def _freeze_unconsumed(flow) -> None:
     """Freeze channels that no mask site sees: switching them off would change nothing."""
     atoms = flow.atoms
-    consumed: set[int] = set()
+    table = _leaf_table(atoms)
+    consumed = np.zeros(len(atoms.parent) + 1, dtype=bool)
     for site in flow.sites.values():
         dim = flow.layouts[site.source][site.dim]
-        for a in np.unique(dim[dim >= 0]).tolist():
-            consumed.update(atoms.leaves((a,)))
-    roots = {atoms.find(a) for a in range(len(atoms.parent))}
-    for r in roots:
-        for leaf in atoms.leaves((r,)):
-            if leaf not in consumed:
-                atoms.frozen.setdefault(leaf, "no op mixes these channels")
+        leaves = table[np.unique(dim[dim >= 0])]
+        consumed[leaves[leaves >= 0]] = True
+    live = np.unique(table[table >= 0])
+    for leaf in live[~consumed[live]].tolist():
+        atoms.frozen.setdefault(leaf, "no op mixes these channels")
 
 
-def _frozen_reasons(atoms: AtomTable, dim: np.ndarray) -> dict:
+def _frozen_reasons(atoms: AtomTable, atom_live: np.ndarray, dim: np.ndarray) -> dict:
     """reason -> how many indices of this dimension are frozen for it."""
+    if dim.shape[1] == 0:
+        return {_NEVER: dim.shape[0]} if dim.shape[0] else {}
+    live_rows = atom_live[dim].any(axis=1)  # -1 picks the trailing False
     reasons: dict[str, int] = {}
-    uniq = np.unique(dim[dim >= 0])
-    live = {int(a): bool(atoms.leaves((int(a),))) for a in uniq}
-    for r in dim.tolist():
-        present = [a for a in r if a >= 0]
-        if any(live[a] for a in present):
-            continue
-        if not present:
-            reason = "never prunable (fed by the input, size one, or coupled to something fixed)"
-        else:
-            reason = next((atoms.frozen_reason(a) for a in present if atoms.frozen_reason(a)), "frozen")
+    for first in dim[~live_rows, 0].tolist():
+        reason = atoms.frozen_reason(first) if first >= 0 else None
+        reason = reason or _NEVER
         reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
+
+
+_NEVER = "never prunable (fed by the input, size one, or coupled to something fixed)"
 
 
 def _leaf_table(atoms: AtomTable) -> np.ndarray:
     """atom -> its live leaves, as rows of a ``[n_atoms + 1, k]`` array (last row: none)."""
     n = len(atoms.parent)
-    roots = [atoms.find(a) for a in range(n)]
-    per_root: dict[int, tuple] = {}
-    for r in set(roots):
-        per_root[r] = atoms.leaves((r,))
-    k = max([len(v) for v in per_root.values()] + [1])
+    roots = np.asarray(atoms.parent, dtype=np.int64)
+    while True:  # pointer jumping: every atom ends up pointing at its root
+        up = roots[roots]
+        if np.array_equal(up, roots):
+            break
+        roots = up
+    special = {r: atoms.leaves((r,)) for r in set(atoms.refined) | set(atoms.frozen)}
+    k = max([len(v) for v in special.values()] + [1])
     table = np.full((n + 1, k), NONE, dtype=np.int64)
-    for a, r in enumerate(roots):
-        leaves = per_root[r]
-        table[a, : len(leaves)] = leaves
+    table[:n, 0] = roots
+    if special:
+        is_special = np.isin(roots, np.fromiter(special, dtype=np.int64))
+        for a in np.flatnonzero(is_special).tolist():
+            leaves = special[int(roots[a])]
+            table[a] = NONE
+            table[a, : len(leaves)] = leaves
     return table
 
 

@@ -106,6 +106,7 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
     """
     bank: MaskBank = gm.fxprune
     by_name = {n.name: n for n in gm.graph.nodes}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     inserted = []
     for site in sites:
         cids = index.node_layouts[site.source][site.dim]
@@ -115,12 +116,9 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
         name = f"s{len(bank.sites)}"
         bank.sites[name] = ChannelMask(site.dim, flat.to(bank.masks["g0"].device))
         source = by_name[site.source]
-        anchor, getters = source, []
-        for g in groups:
-            with gm.graph.inserting_after(anchor):
-                anchor = gm.graph.get_attr(f"fxprune.masks.g{g}")
-            getters.append(anchor)
-        with gm.graph.inserting_after(anchor):
+        first = min((by_name[c] for c in site.consumers), key=order.__getitem__)
+        with gm.graph.inserting_before(first):  # just before the first reader: after any in-place update
+            getters = [gm.graph.get_attr(f"fxprune.masks.g{g}") for g in groups]
             masked = gm.graph.call_module(f"fxprune.sites.{name}", (source, *getters))
         masked.meta[ROLE] = {"role": "mask", "site": name, "source": site.source, "dim": site.dim,
                              "groups": groups}

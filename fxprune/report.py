@@ -43,9 +43,14 @@ class LayerRow:
 
 
 def layer_rows(pm) -> list:
-    """A :class:`LayerRow` for every weight dimension that produces channels (filters, rows)."""
+    """A :class:`LayerRow` for every weight dimension that produces channels (filters, rows).
+
+    Only weights (two or more dimensions) are listed; a bias follows its weight.
+    """
     rows = []
     for record in state_of(pm).index.params:
+        if len(record.shape) < 2:
+            continue  # biases follow their weight
         owner, attr = record.refs[0]
         for d, role in record.roles.items():
             if role != "out":

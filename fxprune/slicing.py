@@ -45,7 +45,10 @@ def slice_params(gm: nn.Module, params: list, plan, in_channels: dict) -> set:
         The paths of the modules whose tensors changed.
     """
     touched = set()
+    used = _used_paths(gm)
     for record in params:
+        if not any(_is_used(owner, attr, used) for owner, attr in record.refs):
+            continue  # only a removed branch held it
         keeps = [plan.keep(d) for d in record.layout]
         if all(k.size == n for k, n in zip(keeps, record.shape)):
             continue
@@ -71,6 +74,16 @@ def slice_params(gm: nn.Module, params: list, plan, in_channels: dict) -> set:
         if fn is not None:
             fn(module, in_channels.get(path))
     return touched
+
+
+def _used_paths(gm) -> set:
+    """Module paths and attribute targets the graph still calls or reads."""
+    return {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+
+
+def _is_used(owner: str, attr: str, used: set) -> bool:
+    return owner in used or (f"{owner}.{attr}" if owner else attr) in used or any(
+        u.startswith(owner + ".") for u in used if owner)
 
 
 @attributes(nn.Conv1d, nn.Conv2d, nn.Conv3d)

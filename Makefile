@@ -1,0 +1,25 @@
+# The README's two commands. Each sets itself up from nothing (a virtual environment in
+# .venv with fxprune installed in it) and is safe to run again.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test fuzz zoo-table
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fxprune demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FXPRUNE_PROPERTY_EXAMPLES=2000 $(VENV)/bin/python -m pytest -q tests/test_property.py
+
+zoo-table: $(STAMP)
+	$(VENV)/bin/python benchmarks/coverage.py --out out/coverage

@@ -1,0 +1,100 @@
+"""Coverage of the torchvision model zoo: what fxprune can prune, and that it prunes exactly.
+
+For every classifier: the share of conv and linear output channels that are prunable
+(outside the classifier), then one-shot pruning at ratio 0.5 (l1, local), MACs and
+parameters before and after, and the largest equivalence error finalize measured
+against the masked model (relative to the largest output). Weights are random but
+informative (:func:`fxprune.testing.randomize`); inputs are the smallest each model
+accepts (at least 32 pixels).
+
+    python benchmarks/coverage.py --out out/coverage          # all 80 classifiers
+    python benchmarks/coverage.py resnet18 vit_b_16            # a few
+
+Writes ``coverage.json`` and ``coverage.md`` (a table) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+
+import torch
+import torchvision
+from tabulate import tabulate
+
+import fxprune
+from fxprune.testing import randomize, small_input, torchvision_classifiers
+
+
+def measure(name: str) -> dict:
+    torch.manual_seed(0)
+    model = randomize(torchvision.models.get_model(name).eval())
+    x = small_input(name)
+    t0 = time.perf_counter()
+    pm = fxprune.prepare(model, x)
+    t1 = time.perf_counter()
+    fxprune.prune_by_importance(pm, 0.5, importance="l1", scope="local")
+    t2 = time.perf_counter()
+    small = fxprune.finalize(pm)
+    t3 = time.perf_counter()
+    before, after = fxprune.count(model, x), fxprune.count(small, x)
+    return {
+        "model": name, "input": list(x.shape), "prunable_share": fxprune.prunable_share(pm),
+        "groups": len(fxprune.channel_groups(pm)), "branches": len(fxprune.branches(pm)),
+        "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
+        "params_after": after.params, "equivalence_error": small.fxprune_equivalence_error,
+        "prepare_s": t1 - t0, "finalize_s": t3 - t2,
+    }
+
+
+def table(rows: list) -> str:
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["model"], "failed: " + r["error"][:60], "", "", "", "", ""])
+            continue
+        body.append([r["model"], r["input"][-1], f"{100 * r['prunable_share']:.0f}%",
+                     f"{r['macs_before'] / 1e6:.1f} -> {r['macs_after'] / 1e6:.1f}",
+                     f"{r['params_before'] / 1e6:.2f} -> {r['params_after'] / 1e6:.2f}",
+                     f"{100 * (1 - r['macs_after'] / r['macs_before']):.0f}%", f"{r['equivalence_error']:.1e}"])
+    return tabulate(body, headers=["model", "input", "prunable", "MMACs before -> after", "M params before -> after",
+                                   "MACs removed", "max equiv. error"], tablefmt="github")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="torchvision model names (default: every classifier)")
+    parser.add_argument("--out", default="out/coverage", help="folder for coverage.json and coverage.md")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for name in args.models or torchvision_classifiers():
+        try:
+            rows.append(measure(name))
+        except Exception as e:  # a failure is a result to report, and the run goes on
+            rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
+        r = rows[-1]
+        print(r["model"], "FAILED " + r["error"] if "error" in r else
+              f"share={r['prunable_share']:.2f} macs {r['macs_after'] / r['macs_before']:.2f} "
+              f"err={r['equivalence_error']:.1e}", flush=True)
+    ok = [r for r in rows if "error" not in r]
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "models": len(rows), "exact": len(ok),
+            "max_equivalence_error": max((r["equivalence_error"] for r in ok), default=None)}
+    with open(os.path.join(args.out, "coverage.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(os.path.join(args.out, "coverage.md"), "w") as f:
+        f.write(table(rows) + "\n")
+    print(f"{len(ok)}/{len(rows)} models pruned exactly; largest error {meta['max_equivalence_error']}")
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

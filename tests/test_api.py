@@ -1,0 +1,253 @@
+"""prepare and finalize as a user meets them: what they promise, and how they fail."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import fxprune
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
+from test_rules import Residual
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(y + self.bn2(self.conv2(y)))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def net():
+    return randomize(Net())
+
+
+def snapshot(model):
+    return repr(model), {k: v.clone() for k, v in model.state_dict().items()}, model.training
+
+
+def test_prepare_and_finalize_never_change_the_callers_model():
+    model = net()
+    before = snapshot(model)
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))
+    torch.optim.SGD(pm.parameters(), lr=0.1).zero_grad()
+    pm.train()
+    pm(torch.randn(2, 3, 8, 8)).sum().backward()
+    torch.optim.SGD(pm.parameters(), lr=0.1).step()
+    zero_channels(pm, 0.5)
+    fxprune.finalize(pm)
+    after = snapshot(model)
+    assert before[0] == after[0] and before[2] == after[2]
+    for k, v in before[1].items():
+        assert torch.equal(v, after[1][k]), k
+
+
+def test_prepared_model_computes_what_the_model_computes_in_both_modes():
+    model = net()
+    x = torch.randn(4, 3, 8, 8)
+    pm = fxprune.prepare(model, x)
+    for mode in (False, True):
+        model.train(mode)
+        pm.train(mode)
+        torch.testing.assert_close(pm(x), model(x), rtol=0, atol=0)
+
+
+def test_finalize_leaves_the_prepared_model_as_it_was():
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    zero_channels(pm, 0.5)
+    code, masks = pm.code, {k: v.clone() for k, v in pm.state_dict().items()}
+    fxprune.finalize(pm, threshold=0.0)
+    assert pm.code == code
+    assert all(torch.equal(v, pm.state_dict()[k]) for k, v in masks.items())
+
+
+def test_kept_weights_whose_mask_is_one_come_out_bit_identical():
+    model = net()
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))
+    group = next(g for g in fxprune.channel_groups(pm) if any(p.name == "conv1.weight" for p in g.producers))
+    with torch.no_grad():
+        pm.fxprune.masks[group.name][[1, 5]] = 0
+    small = fxprune.finalize(pm)
+    keep = [0, 2, 3, 4, 6, 7]
+    assert torch.equal(small.conv1.weight, model.conv1.weight[keep])
+    assert torch.equal(small.bn1.running_var, model.bn1.running_var[keep])
+
+
+def test_threshold_removes_small_masks_and_rejects_nonsense():
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        for mask in pm.fxprune.masks.values():
+            mask.copy_(torch.linspace(0.01, 1.0, mask.numel()))
+    small = assert_finalized_equals_masked(pm, threshold=0.3)
+    assert small.conv1.out_channels < 8
+    with pytest.raises(fxprune.FxPruneError, match="threshold must be a number >= 0"):
+        fxprune.finalize(pm, threshold=-1.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_masks_are_refused(value):
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        pm.fxprune.masks["g0"][0] = value
+    with pytest.raises(fxprune.MaskError, match="mask g0 holds 1 NaN or infinite"):
+        fxprune.finalize(pm)
+
+
+def test_emptying_a_group_is_refused_with_what_to_do():
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        pm.fxprune.masks["g0"].zero_()
+    with pytest.raises(fxprune.MaskError, match="would remove all 8 channels") as e:
+        fxprune.finalize(pm)
+    assert "keep at least one channel of g0" in str(e.value)
+
+
+def test_emptied_group_inside_a_removed_branch_is_fine():
+    pm = fxprune.prepare(randomize(Residual()), torch.randn(2, 3, 8, 8))
+    (branch,) = fxprune.branches(pm)
+    (inner,) = [g for g in fxprune.channel_groups(pm) if any(p.name == "a.weight" for p in g.producers)]
+    with torch.no_grad():
+        pm.fxprune.masks[inner.name].zero_()
+    with pytest.raises(fxprune.MaskError, match=f"or zero gate {branch.name} to remove its whole branch"):
+        fxprune.finalize(pm)
+    with torch.no_grad():
+        pm.fxprune.gates[branch.name].zero_()
+    small = assert_finalized_equals_masked(pm)
+    assert not hasattr(small, "a")
+
+
+def test_finalize_wants_a_prepared_model():
+    with pytest.raises(fxprune.NotPreparedError, match="expected a model returned by fxprune.prepare"):
+        fxprune.finalize(net())
+
+
+def test_ratio_outside_zero_one_is_refused():
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    for ratio in (-0.1, 1.0, float("nan")):
+        with pytest.raises(fxprune.FxPruneError, match=r"ratio must lie in \[0, 1\)"):
+            fxprune.prune_by_importance(pm, ratio)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.gate = Gate()
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.gate(self.conv(x)))
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return x * 2
+        return x
+
+
+def test_untraceable_model_names_the_source_line_and_the_way_out():
+    with pytest.raises(fxprune.TraceError) as e:
+        fxprune.prepare(DataDependent(), torch.randn(1, 3, 4, 4))
+    message = str(e.value)
+    assert "test_api.py" in message and "if x.sum() > 0" in message
+    assert 'leaf_modules=["gate"]' in message
+    pm = fxprune.prepare(DataDependent(), torch.randn(1, 3, 4, 4), fxprune.PruneConfig(leaf_modules=["gate"]))
+    assert fxprune.channel_groups(pm) == []  # the leaf froze the channels around it
+    assert pm.fxprune_state.barriers[0].node == "gate"
+
+
+def test_example_inputs_are_inferred_for_image_models_only():
+    pm = fxprune.prepare(torchvision.models.resnet18())
+    assert pm.fxprune_state.example_inputs[0].shape == (1, 3, 224, 224)
+    with pytest.raises(fxprune.FxPruneError, match="pass example_inputs"):
+        fxprune.prepare(nn.Sequential(nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_other_dtypes(dtype):
+    model = net().to(dtype)
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8, dtype=dtype))
+    assert pm.fxprune.masks["g0"].dtype == dtype
+    zero_channels(pm, 0.5)
+    tol = {torch.float64: 1e-9, torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
+    small = assert_finalized_equals_masked(pm, rtol=tol, atol=tol)
+    assert small.conv1.weight.dtype == dtype
+
+
+def test_frozen_parameters_stay_frozen():
+    model = net()
+    model.conv1.weight.requires_grad_(False)
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))
+    zero_channels(pm, 0.5)
+    small = fxprune.finalize(pm)
+    assert not small.conv1.weight.requires_grad and small.conv2.weight.requires_grad
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.a(x)) + torch.relu(self.b(x)))
+
+
+def test_tied_parameters_stay_tied():
+    pm = fxprune.prepare(randomize(Tied()), torch.randn(3, 6))
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    assert small.a.weight is small.b.weight and small.a.out_features == 3
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 1)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.out(y)
+        y.relu_()
+        return z + self.out(y)
+
+
+def test_in_place_ops_keep_their_order():
+    pm = fxprune.prepare(randomize(InPlace()), torch.randn(1, 3, 4, 4))
+    zero_channels(pm, 0.5)
+    assert_finalized_equals_masked(pm)
+
+
+def test_segmentation_model_with_dict_output():
+    model = randomize(torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None,
+                                                                               weights_backbone=None).eval())
+    x = torch.randn(1, 3, 64, 64)
+    pm = fxprune.prepare(model, x)
+    assert isinstance(pm(x), dict)
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    assert set(small(x)) == {"out"}
+    assert fxprune.count(small, x).macs < fxprune.count(model, x).macs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda():
+    model = net().cuda()
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8, device="cuda"))
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    assert small.conv1.weight.is_cuda

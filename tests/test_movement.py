@@ -1,0 +1,69 @@
+"""The fast data-movement rules agree with the index-coded probe they shortcut."""
+
+import operator
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxprune
+from fxprune.rules import movement, registry, views
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
+
+
+class Moves(nn.Module):
+    """Feeds the channels of two convolutions through every op with a fast path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.fc = nn.Linear(40, 4)
+        self.heads = nn.Linear(8, 12)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)                       # [N, 8, 4, 6], [N, 6, 4, 6]
+        y = torch.cat([a, b], dim=1)                      # cat
+        y = y[:, 1:13]                                    # slice
+        p, q = torch.split(y, [5, 7], dim=1)              # split
+        r = torch.cat([q, p], 1).permute(0, 2, 3, 1)      # permute: [N, 4, 6, 12]
+        r = r.transpose(1, 2).flip(1).roll(1, 2)           # transpose, flip, roll
+        r = r.reshape(r.shape[0], 6, 4, 2, 6)              # reshape splitting the 12 channels
+        r = r.flatten(3)                                   # and merging them back
+        r = r.unsqueeze(1).squeeze(1)[:, ::3, ::2]         # [N, 2, 2, 12] -> strided spatial slices
+        r = r.narrow(1, 0, 2).select(2, 1)                 # [N, 2, 12]
+        r = r.expand(r.shape[0], 2, 12).repeat(1, 1, 1)
+        s = torch.stack([r, r], dim=1).sum(1)               # stack
+        s = torch.nn.functional.pad(s, (0, 0, 1, 0))[:, 1:]
+        f = self.fc(torch.cat([s.reshape(s.shape[0], -1), s.reshape(s.shape[0], -1)], 1)[:, 4:44])
+        h = self.heads(a.mean((2, 3))).view(-1, 3, 4).transpose(1, 2).reshape(-1, 12)
+        return f + self.out(h).sum(1, keepdim=True)
+
+
+FAST = [k for k, v in {**registry._FUNCTION_RULES, **registry._METHOD_RULES}.items()
+        if getattr(v, "__module__", "") == views.__name__]
+
+
+def structure(pm):
+    """Channel groups and which layer dimensions each group touches."""
+    return sorted((g.size, tuple(sorted(str(m) for m in g.members if m.kind == "param")))
+                  for g in fxprune.channel_groups(pm))
+
+
+def test_fast_rules_match_the_probe(monkeypatch):
+    model = randomize(Moves().eval())
+    x = torch.randn(2, 3, 4, 6)
+    fast = fxprune.prepare(model, x)
+    for key in FAST:
+        table = registry._METHOD_RULES if isinstance(key, str) else registry._FUNCTION_RULES
+        monkeypatch.setitem(table, key, movement.movement)
+    probed = fxprune.prepare(model, x)
+    assert structure(fast) == structure(probed)
+    for pm in (fast, probed):
+        zero_channels(pm, 0.5)
+        assert_finalized_equals_masked(pm)
+
+
+def test_every_fast_rule_is_exercised():
+    assert len(FAST) > 30

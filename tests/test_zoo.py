@@ -1,0 +1,55 @@
+"""Every torchvision classifier: prepare, prune half of every group at random, finalize, compare.
+
+A model that raises here is a bug to fix, not a skip.
+"""
+
+import pytest
+import torch
+import torchvision
+
+import fxprune
+from fxprune.testing import small_input, torchvision_classifiers
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
+
+TRANSFORMERS = ("vit", "swin", "maxvit", "convnext")
+
+
+def _family(name: str) -> str:
+    return "transformer" if name.startswith(TRANSFORMERS) else "convolutional"
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", torchvision_classifiers())
+def test_zoo_model_prunes_exactly(name):
+    torch.manual_seed(0)
+    model = randomize(torchvision.models.get_model(name).eval())
+    x = small_input(name)
+    pm = fxprune.prepare(model, x)
+    if _family(name) == "convolutional":
+        assert fxprune.prunable_share(pm) >= 0.9, fxprune.report.frozen_table(pm)
+    else:
+        rows = {r.layer: r for r in fxprune.report.layer_rows(pm)}
+        hidden = [r for layer, r in rows.items() if _is_mlp_hidden(name, layer)]
+        heads = [r for layer, r in rows.items() if _is_attention_input(layer)]
+        assert hidden and all(r.prunable == r.channels for r in hidden), fxprune.report.frozen_table(pm)
+        assert all(r.prunable == r.channels for r in heads), fxprune.report.frozen_table(pm)
+        assert bool(heads) == (not name.startswith("convnext"))
+    zero_channels(pm, 0.5, seed=1)
+    small = assert_finalized_equals_masked(pm)
+    assert fxprune.count(small, x).macs < fxprune.count(model, x).macs
+
+
+def _is_mlp_hidden(name: str, layer: str) -> bool:
+    """The first linear layer of each MLP block (its outputs are the hidden channels)."""
+    if name.startswith("vit"):
+        return layer.endswith("mlp.0.weight")
+    if name.startswith("swin"):
+        return layer.endswith("mlp.0.weight")
+    if name.startswith("maxvit"):
+        return layer.endswith("mlp_layer.1.weight")
+    return layer.endswith("block.3.weight")  # convnext: dwconv, permute, norm, Linear(dim, 4 dim)
+
+
+def _is_attention_input(layer: str) -> bool:
+    """The q/k/v projections: their rows are heads x head-dims."""
+    return layer.endswith(("in_proj_weight", "attn.qkv.weight", "to_qkv.weight"))
