@@ -124,6 +124,10 @@ def _conv_inputs(gm, state, plan) -> dict:
 
 
 def _detach_fxprune(gm: torch.fx.GraphModule) -> None:
+    for m in gm.modules():  # hooks fxprune's methods put on the prepared model (feature taps)
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "__fxprune__", False)]:
+                del hooks[key]
     gm.graph.eliminate_dead_code()
     gm.delete_submodule("fxprune")
     if hasattr(gm, ATTR):

@@ -85,3 +85,30 @@ def group_macs(pm) -> dict:
     state = state_of(pm)
     macs = channel_macs(pm)
     return {g.name: float(macs[state.index.group_of == i].sum()) for i, g in enumerate(state.index.groups)}
+
+
+def branch_macs(pm) -> dict:
+    """branch name -> estimated MACs of the weights inside the branch."""
+    state = state_of(pm)
+    positions = weight_positions(pm)
+    shapes = {}
+    for record in state.index.params:
+        for ref in record.refs:
+            shapes[ref] = record.shape
+    by_name = {n.name: n for n in pm.graph.nodes}
+    out = {}
+    for b in state.branches:
+        total = 0.0
+        for name in b.nodes:
+            node = by_name.get(name)
+            if node is not None and node.op == "call_module":
+                w = getattr(pm.get_submodule(node.target), "weight", None)
+                pos = positions.get((node.target, "weight"), 0)
+                if isinstance(w, torch.Tensor) and pos:
+                    total += float(w.numel()) * pos / max(1, _calls(pm, node.target))
+        out[b.name] = total
+    return out
+
+
+def _calls(pm, target: str) -> int:
+    return sum(1 for n in pm.graph.nodes if n.op == "call_module" and n.target == target)

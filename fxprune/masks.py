@@ -145,3 +145,19 @@ def role(node: torch.fx.Node):
     """What fxprune inserted this node as: ``"mask"``, ``"gate"`` or None."""
     info = node.meta.get(ROLE)
     return info.get("role") if isinstance(info, dict) else None
+
+
+def mask_parameters(pm) -> list:
+    """The channel masks of a prepared model, one vector per group."""
+    return list(pm.fxprune.masks.values())
+
+
+def gate_parameters(pm) -> list:
+    """The branch gates of a prepared model, one scalar per removable branch."""
+    return list(pm.fxprune.gates.values())
+
+
+def weight_parameters(pm) -> list:
+    """Every parameter of a prepared model except masks and gates: what the weight optimiser trains."""
+    bank = {id(p) for p in pm.fxprune.parameters()}
+    return [p for p in pm.parameters() if id(p) not in bank]

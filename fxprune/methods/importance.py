@@ -31,6 +31,7 @@ import torch
 
 from ..cost import channel_macs
 from ..errors import FxPruneError
+from ..slices import tied_slices
 from ..state import state_of
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "random")
@@ -60,25 +61,16 @@ def channel_importance(pm, importance: str = "l1", seed: int = 0) -> np.ndarray:
 
 
 def _accumulate(pm, index, roles, power: int, only_norm_scales: bool = False) -> np.ndarray:
-    out = np.zeros(index.group_of.size, dtype=np.float64)
-    for record in index.params:
-        owner, attr = record.refs[0]
-        if only_norm_scales and attr != "weight":
+    """Per channel, the sum over its tied slices of ``|w|`` (power 1), ``w**2`` (2) or element counts (0)."""
+    out = torch.zeros(index.group_of.size, dtype=torch.float64)
+    for s in tied_slices(pm, roles):
+        owner = s.name.rsplit(".", 1)[0] if "." in s.name else ""
+        if only_norm_scales and (not s.name.endswith("weight") or "Norm" not in type(pm.get_submodule(owner)).__name__):
             continue
-        module = pm.get_submodule(owner)
-        if only_norm_scales and "Norm" not in type(module).__name__:
-            continue
-        tensor = getattr(module, attr).detach().float()
-        for d, cids in enumerate(record.layout):
-            if record.roles.get(d) not in roles or cids.shape[1] == 0:
-                continue
-            others = [a for a in range(tensor.dim()) if a != d]
-            t = tensor.abs() if power == 1 else (tensor.pow(2) if power == 2 else torch.ones_like(tensor))
-            per_index = (t.sum(dim=others) if others else t).cpu().numpy().astype(np.float64)
-            for j in range(cids.shape[1]):
-                ok = cids[:, j] >= 0
-                np.add.at(out, cids[ok, j], per_index[ok])
-    return out
+        t = s.tensor.detach().double()
+        t = t.abs() if power == 1 else (t.pow(2) if power == 2 else torch.ones_like(t))
+        out += s.scatter(s.per_index(t).cpu(), out.numel())
+    return out.numpy()
 
 
 def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "local",

@@ -1,0 +1,211 @@
+"""EPFS: structured pruning with deep-feature stabilisation (Xu et al., Neural Comput. Appl. 2021).
+
+Each structure's output is scaled by a learnable mask: every channel group's mask
+vector (filter pruning) and every residual branch's scalar gate (block pruning), both
+inserted by :func:`fxprune.prepare`. Training adds to the task loss
+
+    L = L_task + lam_c * L_center(features, y)          (smooth: autograd, weight optimiser)
+          + lam_2/2 * sum_i m_i^2                        (smooth: the l2 term on filter masks)
+          + lam_1 * sum_i w_i |m_i| + lam_g * sum_b w_b |g_b|    (non-smooth: FISTA's prox)
+
+and the masks and gates are updated by FISTA (soft-thresholding gives exact zeros, Beck
+and Teboulle's momentum speeds convergence), never weight-decayed; the weights keep
+their own optimiser. ``w_i`` are 1, or with ``macs_weighted`` the MACs a channel (or
+branch) controls relative to the mean, so costly structures are pushed harder.
+
+The l2 term. The paper does not publish its exact form; fxprune uses the elastic net
+``lam_1 |m| + lam_2/2 m^2`` on filter masks. Reasons: (1) the next layer can grow its
+weights to undo a shrinking mask, so l1 alone can be dodged by trading scale; the l2
+term bounds the masks and closes that door together with the weights' own decay; (2)
+the elastic net's grouping effect keeps correlated filters of a layer together rather
+than picking one at random; (3) it makes the problem strongly convex in the masks, so
+FISTA converges linearly instead of as 1/k^2. Gates get the l1 term only.
+
+Center Loss (Wen et al., ECCV 2016) is taken on the classifier's input, which fxprune
+finds in the prepared graph; its centres move with the usual rate ``alpha = 0.5``.
+
+A user's training loop needs four lines::
+
+    epfs = fxprune.EPFS(pm, num_classes=10)
+    opt = torch.optim.SGD(fxprune.weight_parameters(pm), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for x, y in loader:
+        loss = F.cross_entropy(pm(x), y) + epfs.loss(y)
+        opt.zero_grad(); epfs.zero_grad(); loss.backward(); opt.step(); epfs.step()
+    epfs.prune(target=0.5)            # or epfs.finish(): keep exactly the zeros FISTA found
+    small = fxprune.finalize(pm)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..cost import branch_macs, channel_macs
+from ..errors import FxPruneError
+from ..masks import gate_parameters, mask_parameters
+from ..state import state_of
+from .budget import BudgetResult, prune_to_macs
+from .center_loss import CenterLoss
+from .features import FeatureTap
+from .fista import FISTA
+from .importance import channel_importance
+
+
+class EPFS:
+    """EPFS sparse training of a prepared model's masks and gates.
+
+    Args:
+        pm: a model from :func:`fxprune.prepare`.
+        lr: FISTA's step size on the masks and gates.
+        l1: l1 strength on channel masks (``lam_1``).
+        l2: l2 strength on channel masks (``lam_2``, the elastic-net term).
+        gate_l1: l1 strength on branch gates (``lam_g``); defaults to ``l1``.
+        center: weight of Center Loss (0 turns it off).
+        num_classes: number of classes, needed for Center Loss.
+        center_alpha: rate of the centre update.
+        filters: train (and prune) channel masks.
+        blocks: train (and prune) branch gates.
+        macs_weighted: weight each penalty by the MACs its structure controls.
+        classifier: module path of the classifier for Center Loss; found when None.
+    """
+
+    def __init__(self, pm, lr: float = 0.01, l1: float = 1e-4, l2: float = 1e-4, gate_l1: Optional[float] = None,
+                 center: float = 0.0, num_classes: Optional[int] = None, center_alpha: float = 0.5,
+                 filters: bool = True, blocks: bool = True, macs_weighted: bool = True,
+                 classifier: Optional[str] = None):
+        if not (filters or blocks):
+            raise FxPruneError("EPFS needs filters=True, blocks=True or both", hint="pick what to prune")
+        if blocks and not gate_parameters(pm):
+            raise FxPruneError("block pruning asked for, but the model has no removable residual branch",
+                               hint="use blocks=False, or prepare with gate_branches=True on a residual model")
+        self.pm = pm
+        self.l2 = l2 if filters else 0.0
+        self.filters, self.blocks = filters, blocks
+        groups = []
+        if filters:
+            weights = self._mask_weights() if macs_weighted else None
+            groups.append({"params": mask_parameters(pm), "lam": l1, "weights": weights})
+        if blocks:
+            weights = self._gate_weights() if macs_weighted else None
+            groups.append({"params": gate_parameters(pm), "lam": l1 if gate_l1 is None else gate_l1,
+                           "weights": weights})
+        self.optimizer = FISTA(groups, lr=lr)
+        self.center_weight = center
+        self.center_loss = None
+        self.tap = None
+        if center > 0:
+            if num_classes is None:
+                raise FxPruneError("Center Loss needs num_classes", hint="pass num_classes=... or center=0")
+            self.center_loss = CenterLoss(num_classes, alpha=center_alpha)
+            self.tap = FeatureTap(pm, classifier)
+
+    # -- the training loop's four calls -------------------------------------------------------
+    def loss(self, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The smooth EPFS terms for the latest forward pass: Center Loss and the l2 on masks."""
+        total = torch.zeros((), device=self._device())
+        if self.l2 and self.filters:
+            total = total + 0.5 * self.l2 * sum(m.pow(2).sum() for m in mask_parameters(self.pm))
+        if self.center_loss is not None:
+            if targets is None or self.tap.features is None:
+                raise FxPruneError("Center Loss needs the targets of the batch just run",
+                                   hint="call epfs.loss(targets) after pm(inputs)")
+            self.center_loss.train(self.pm.training)
+            total = total + self.center_weight * self.center_loss(self.tap.features, targets)
+        return total
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """A FISTA step on masks and gates (call after the weight optimiser's step)."""
+        self.optimizer.step()
+
+    # -- after training ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """Write FISTA's proximal iterates (with their exact zeros) into the masks and gates."""
+        self.optimizer.commit_iterates()
+
+    def prune(self, target: Optional[float] = None) -> Optional[BudgetResult]:
+        """End training and decide what goes.
+
+        Without ``target`` the zeros FISTA reached are what finalize removes. With a MACs
+        reduction ``target`` the structures are ranked by mask magnitude per unit of cost
+        (channels and, with block pruning, branches together) and the lowest are removed
+        until the finalized model's measured MACs fall by ``target`` (within one channel).
+        """
+        self.finish()
+        self._keep_one_per_group()
+        if target is None:
+            return None
+        cost = np.maximum(channel_macs(self.pm), 1e-12)
+        scale = cost.mean()
+        index = state_of(self.pm).index
+        magnitude = np.zeros(index.group_of.size)
+        for gi, g in enumerate(index.groups):
+            members = index.group_of == gi
+            magnitude[members] = self.pm.fxprune.masks[g.name].detach().abs().cpu().numpy()[index.position[members]]
+        channel_scores = magnitude / (cost / scale) if self.filters else np.full(index.group_of.size, np.inf)
+        gate_scores = None
+        if self.blocks:
+            bcost = branch_macs(self.pm)
+            gate_scores = {b: float(self.pm.fxprune.gates[b].detach().abs()) / max(c / scale, 1e-12)
+                           for b, c in bcost.items()}
+        return prune_to_macs(self.pm, target, channel_scores, gate_scores)
+
+    def _keep_one_per_group(self) -> None:
+        """A group FISTA emptied keeps its most important channel (by the l1 norm of its filters)."""
+        index = state_of(self.pm).index
+        emptied = [gi for gi, g in enumerate(index.groups) if not bool(self.pm.fxprune.masks[g.name].detach().any())]
+        if not emptied:
+            return
+        scores = channel_importance(self.pm, "l1")
+        with torch.no_grad():
+            for gi in emptied:
+                name = index.groups[gi].name
+                members = np.flatnonzero(index.group_of == gi)
+                best = members[np.argmax(scores[members])]
+                self.pm.fxprune.masks[name][int(index.position[best])] = 1.0
+        warnings.warn(f"the l1 penalty emptied {len(emptied)} channel group(s); each keeps its most important "
+                      "channel. Lower l1 (or use prune(target=...)) to choose what goes.")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.center_loss is not None:
+            state["center"] = self.center_loss.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.center_loss is not None and "center" in state:
+            self.center_loss.load_state_dict(state["center"])
+
+    def close(self) -> None:
+        """Remove the feature hook from the prepared model."""
+        if self.tap is not None:
+            self.tap.close()
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _device(self):
+        return mask_parameters(self.pm)[0].device if mask_parameters(self.pm) else torch.device("cpu")
+
+    def _mask_weights(self) -> list:
+        index = state_of(self.pm).index
+        cost = channel_macs(self.pm)
+        mean = cost[cost > 0].mean() if (cost > 0).any() else 1.0
+        out = []
+        for gi, g in enumerate(index.groups):
+            members = np.flatnonzero(index.group_of == gi)
+            w = np.ones(g.size)
+            w[index.position[members]] = np.maximum(cost[members], 1e-3 * mean) / mean
+            out.append(torch.as_tensor(w, dtype=self.pm.fxprune.masks[g.name].dtype))
+        return out
+
+    def _gate_weights(self) -> list:
+        bcost = branch_macs(self.pm)
+        values = np.array(list(bcost.values()) or [1.0])
+        mean = values[values > 0].mean() if (values > 0).any() else 1.0
+        return [torch.tensor(max(bcost.get(name, 0.0), 1e-3 * mean) / mean) for name in self.pm.fxprune.gates]

@@ -1,0 +1,94 @@
+"""EPFS on a tiny residual model and synthetic data: masks and gates reach exact zeros."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxprune
+from helpers import assert_finalized_equals_masked
+
+
+class Tiny(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                          nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)) for _ in range(2))
+        self.fc = nn.Linear(width, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        for block in self.blocks:
+            x = F.relu(x + block(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 3, 8, 8, generator=g) * 0.5
+    x[:, y % 3, :4, :] += 1.5  # a learnable signal: which channel, which half
+    x[:, 0, 4:, :] += (y // 2).float()[:, None, None]
+    return x, y
+
+
+def train_epfs(pm, epfs, steps=60):
+    x, y = data()
+    opt = torch.optim.SGD(fxprune.weight_parameters(pm), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    pm.train()
+    for step in range(steps):
+        idx = torch.randint(0, x.shape[0], (32,), generator=torch.Generator().manual_seed(step))
+        loss = F.cross_entropy(pm(x[idx]), y[idx]) + epfs.loss(y[idx])
+        opt.zero_grad()
+        epfs.zero_grad()
+        loss.backward()
+        opt.step()
+        epfs.step()
+    pm.eval()
+
+
+def test_epfs_drives_masks_and_a_gate_to_exact_zero_and_finalize_stays_exact():
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, lr=0.1, l1=0.08, l2=1e-4, gate_l1=0.3, center=0.01, num_classes=4)
+    train_epfs(pm, epfs, steps=100)
+    epfs.prune()
+    zeros = sum(int((m == 0).sum()) for m in fxprune.mask_parameters(pm))
+    dead_gates = [n for n, g in pm.fxprune.gates.items() if float(g.detach()) == 0.0]
+    assert zeros > 0 and dead_gates
+    small = assert_finalized_equals_masked(pm)
+    before = fxprune.count(pm, torch.randn(1, 3, 8, 8)).macs
+    assert fxprune.count(small, torch.randn(1, 3, 8, 8)).macs < before
+    assert not any(m._forward_pre_hooks for m in small.modules())
+
+
+def test_epfs_budget_lands_within_one_point_of_the_target():
+    torch.manual_seed(1)
+    pm = fxprune.prepare(Tiny(width=32), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, lr=0.05, l1=1e-3)
+    train_epfs(pm, epfs, steps=20)
+    result = epfs.prune(target=0.4)
+    assert abs(result.reduction - 0.4) <= 0.01
+    small = fxprune.finalize(pm)
+    x = pm.fxprune_state.example_inputs
+    full = fxprune.count(fxprune.prepare(Tiny(width=32), x), x).macs
+    assert abs(1 - fxprune.count(small, x).macs / full - 0.4) <= 0.01
+
+
+def test_epfs_state_round_trips():
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, center=0.01, num_classes=4)
+    train_epfs(pm, epfs, steps=3)
+    state = epfs.state_dict()
+    again = fxprune.EPFS(pm, center=0.01, num_classes=4)
+    again.load_state_dict(state)
+    assert torch.equal(again.center_loss.centers, epfs.center_loss.centers)
+
+
+def test_epfs_needs_something_to_prune():
+    pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)), torch.randn(1, 3, 4, 4))
+    with pytest.raises(fxprune.FxPruneError, match="no removable residual branch"):
+        fxprune.EPFS(pm, blocks=True, filters=False)
