@@ -107,6 +107,7 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
     bank: MaskBank = gm.fxprune
     by_name = {n.name: n for n in gm.graph.nodes}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    current: dict = {}
     inserted = []
     for site in sites:
         cids = index.node_layouts[site.source][site.dim]
@@ -116,14 +117,22 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
         name = f"s{len(bank.sites)}"
         bank.sites[name] = ChannelMask(site.dim, flat.to(bank.masks["g0"].device))
         source = by_name[site.source]
-        first = min((by_name[c] for c in site.consumers), key=order.__getitem__)
-        with gm.graph.inserting_before(first):  # just before the first reader: after any in-place update
-            getters = [gm.graph.get_attr(f"fxprune.masks.g{g}") for g in groups]
-            masked = gm.graph.call_module(f"fxprune.sites.{name}", (source, *getters))
-        masked.meta[ROLE] = {"role": "mask", "site": name, "source": site.source, "dim": site.dim,
-                             "groups": groups}
-        for consumer in site.consumers:
-            by_name[consumer].replace_input_with(source, masked)
+        consumers = [by_name[c] for c in site.consumers]
+        # a consumer may already read this source through another mask (two masked dimensions): chain
+        by_input: dict = {}
+        for c in consumers:
+            by_input.setdefault(current.get((c.name, site.source), source), []).append(c)
+        for reads, users in by_input.items():
+            first = min(users, key=order.__getitem__)
+            with gm.graph.inserting_before(first):  # just before the first reader: after any in-place update
+                getters = [gm.graph.get_attr(f"fxprune.masks.g{g}") for g in groups]
+                masked = gm.graph.call_module(f"fxprune.sites.{name}", (reads, *getters))
+            masked.meta[ROLE] = {"role": "mask", "site": name, "source": site.source, "dim": site.dim,
+                                 "groups": groups}
+            order[masked] = order[first] - 0.5
+            for user in users:
+                user.replace_input_with(reads, masked)
+                current[(user.name, site.source)] = masked
         inserted.append(name)
     return inserted
 

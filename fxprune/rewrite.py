@@ -95,7 +95,7 @@ def fold_masks_and_gates(gm: torch.fx.GraphModule, state, plan) -> None:
     """Fold every surviving mask and gate value into weights; remove the fxprune nodes."""
     calls = module_calls(gm)
     bank = gm.fxprune
-    for node in list(gm.graph.nodes):
+    for node in reversed(list(gm.graph.nodes)):  # downstream first: a chained mask then folds into a layer
         kind = role(node)
         if kind == "mask":
             _fold_mask(gm, node, state, plan, bank, calls)

@@ -146,3 +146,79 @@ def architectures(draw, max_steps: int = 8):
                       ((step[2], s) if step[0] == "conv" else (c, s)))
     head = draw(st.sampled_from(["pool", "flatten"]))
     return Arch(tuple(steps), in_channels, size, head, draw(st.integers(1, 5)))
+
+
+@dataclass(frozen=True)
+class TokenArch:
+    """A random transformer-like model over ``[N, L, dim]`` tokens."""
+
+    blocks: tuple   # per block: ("attn", heads, head_dim, kind) | ("mlp", hidden, act) with kind in sdpa|matmul|mha
+    dim: int
+    tokens: int
+    norm: bool
+    classes: int
+
+
+class TokenNet(nn.Module):
+    def __init__(self, arch: TokenArch):
+        super().__init__()
+        self.arch = arch
+        self.embed = nn.Linear(3, arch.dim)
+        self.layers = nn.ModuleList()
+        for block in arch.blocks:
+            layer = nn.Module()
+            layer.norm = nn.LayerNorm(arch.dim) if arch.norm else nn.Identity()
+            if block[0] == "attn":
+                _, heads, head_dim, kind = block
+                if kind == "mha":
+                    layer.mha = nn.MultiheadAttention(arch.dim, heads, batch_first=True) if arch.dim % heads == 0 \
+                        else nn.MultiheadAttention(heads * head_dim, heads, batch_first=True, kdim=arch.dim,
+                                                   vdim=arch.dim)
+                    layer.proj = nn.Linear(layer.mha.embed_dim, arch.dim)
+                else:
+                    layer.qkv = nn.Linear(arch.dim, 3 * heads * head_dim)
+                    layer.proj = nn.Linear(heads * head_dim, arch.dim)
+            else:
+                _, hidden, act = block
+                layer.fc1 = nn.Linear(arch.dim, hidden)
+                layer.act = ACTS[act]()
+                layer.fc2 = nn.Linear(hidden, arch.dim)
+            self.layers.append(layer)
+        self.head = nn.Linear(arch.dim, arch.classes)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block, layer in zip(self.arch.blocks, self.layers):
+            y = layer.norm(x)
+            if block[0] == "mlp":
+                x = x + layer.fc2(layer.act(layer.fc1(y)))
+                continue
+            _, heads, head_dim, kind = block
+            if kind == "mha":
+                q = y if layer.mha.embed_dim == self.arch.dim else y[..., : layer.mha.embed_dim]
+                out, _ = layer.mha(q, y, y, need_weights=False)
+                x = x + layer.proj(out)
+                continue
+            n, t, _ = y.shape
+            q, k, v = layer.qkv(y).reshape(n, t, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            if kind == "sdpa":
+                o = F.scaled_dot_product_attention(q, k, v)
+            else:
+                o = torch.softmax(q @ k.transpose(-2, -1) * head_dim ** -0.5, dim=-1) @ v
+            x = x + layer.proj(o.transpose(1, 2).reshape(n, t, heads * head_dim))
+        return self.head(x.mean(dim=1))
+
+
+@st.composite
+def token_architectures(draw, max_blocks: int = 4):
+    dim = draw(st.sampled_from([4, 6, 8, 12]))
+    blocks = []
+    for _ in range(draw(st.integers(1, max_blocks))):
+        if draw(st.booleans()):
+            heads = draw(st.sampled_from([h for h in (1, 2, 3, 4) if dim % h == 0]))
+            kind = draw(st.sampled_from(["sdpa", "matmul", "mha"]))
+            head_dim = dim // heads if kind == "mha" else draw(st.integers(1, 4))
+            blocks.append(("attn", heads, head_dim, kind))
+        else:
+            blocks.append(("mlp", draw(st.integers(2, 12)), draw(st.sampled_from(sorted(ACTS)))))
+    return TokenArch(tuple(blocks), dim, draw(st.integers(2, 5)), draw(st.booleans()), draw(st.integers(1, 4)))

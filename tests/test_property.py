@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxprune
-from archs import RandomNet, architectures
+from archs import RandomNet, TokenNet, architectures, token_architectures
 from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "200"))
@@ -21,5 +21,16 @@ def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, ga
     model = randomize(RandomNet(arch).eval(), seed)
     x = torch.randn(2, arch.in_channels, arch.size, arch.size)
     pm = fxprune.prepare(model, x)
+    zero_channels(pm, fraction, seed=seed, gates=gates)
+    assert_finalized_equals_masked(pm)
+
+
+@settings(max_examples=max(20, EXAMPLES // 4))
+@given(arch=token_architectures(), seed=st.integers(0, 2**16), fraction=st.sampled_from([0.25, 0.5, 0.75]),
+       gates=st.booleans())
+def test_finalize_equals_masked_on_random_token_models(arch, seed, fraction, gates):
+    torch.manual_seed(seed)
+    model = randomize(TokenNet(arch).eval(), seed)
+    pm = fxprune.prepare(model, torch.randn(2, arch.tokens, 3))
     zero_channels(pm, fraction, seed=seed, gates=gates)
     assert_finalized_equals_masked(pm)

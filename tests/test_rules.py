@@ -286,6 +286,10 @@ def test_layer_norm_freezes_its_channels_unless_approximate():
     assert any("LayerNorm" in why for why in rows["fc1.weight"].frozen)
     pm = prepared(Normalised(), torch.randn(4, 8), approximate_norms=True)
     assert group_sizes(pm) == [12]
+    zero_channels(pm, 0.5)
+    with pytest.warns(UserWarning, match="approximate_norms"):
+        small = fxprune.finalize(pm)
+    assert small.norm.normalized_shape == (6,) and small.fxprune_equivalence_error > 0
 
 
 def test_inputs_and_outputs_are_never_pruned():
@@ -364,3 +368,26 @@ def test_dependency_graph_links_producer_and_consumer_of_a_channel():
     assert G.has_edge(("param", "a.weight", 0, 2), unit)
     assert G.has_edge(("param", "b.weight", 1, 2), unit)
     assert G.has_edge(("param", "bn.running_mean", 0, 2), unit)
+
+
+class TwoMaskedDims(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(4, 5)
+        self.out = nn.Linear(1, 2)
+
+    def forward(self, x):
+        y = self.a(x).unsqueeze(2) * self.b(x).unsqueeze(1)  # [N, 6, 5]: two channel dimensions
+        return self.out(y.sum(dim=(1, 2)).unsqueeze(1))
+
+
+def test_one_op_consuming_two_channel_dimensions_gets_two_masks():
+    pm = prepared(TwoMaskedDims(), torch.randn(3, 4))
+    assert group_sizes(pm) == [5, 6]
+    zero_channels(pm, 0.5)
+    with torch.no_grad():
+        for mask in pm.fxprune.masks.values():
+            mask[mask != 0] = 0.5
+    small = assert_finalized_equals_masked(pm)
+    assert small.a.out_features == 3
