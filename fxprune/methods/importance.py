@@ -42,35 +42,44 @@ def channel_importance(pm, importance: str = "l1", seed: int = 0) -> np.ndarray:
     """Importance of every channel (by channel id) of a prepared model."""
     if importance not in IMPORTANCES:
         raise FxPruneError(f"unknown importance {importance!r}", hint=f"use one of {', '.join(IMPORTANCES)}")
-    index = state_of(pm).index
-    n = index.group_of.size
+    n = state_of(pm).index.group_of.size
     if importance == "random":
         return np.random.default_rng(seed).random(n)
+    slices = tied_slices(pm)
     if importance == "bn_scale":
-        scores = _accumulate(pm, index, roles=("channel",), power=1, only_norm_scales=True)
-        fallback = _accumulate(pm, index, roles=("out",), power=1)
-        covered = _accumulate(pm, index, roles=("channel",), power=0, only_norm_scales=True) > 0
-        return np.where(covered, scores, fallback * 1e-3)
+        scales = [s for s in slices if s.role == "channel" and _is_norm_scale(pm, s)]
+        fallback = _accumulate(n, [s for s in slices if s.role == "out"], power=1)
+        return np.where(_covered(n, scales), _accumulate(n, scales, power=1), fallback * 1e-3)
     power = 1 if importance == "l1" else 2
-    scores = _accumulate(pm, index, roles=("out",), power=power)
-    covered = _accumulate(pm, index, roles=("out",), power=0) > 0
+    filters = [s for s in slices if s.role == "out"]
+    scores = _accumulate(n, filters, power=power)
+    covered = _covered(n, filters)
     if not covered.all():
-        every = _accumulate(pm, index, roles=("out", "in", "channel"), power=power)
-        scores = np.where(covered, scores, every)
+        scores = np.where(covered, scores, _accumulate(n, slices, power=power))
     return np.sqrt(scores) if power == 2 else scores
 
 
-def _accumulate(pm, index, roles, power: int, only_norm_scales: bool = False) -> np.ndarray:
-    """Per channel, the sum over its tied slices of ``|w|`` (power 1), ``w**2`` (2) or element counts (0)."""
-    out = torch.zeros(index.group_of.size, dtype=torch.float64)
-    for s in tied_slices(pm, roles):
-        owner = s.name.rsplit(".", 1)[0] if "." in s.name else ""
-        if only_norm_scales and (not s.name.endswith("weight") or "Norm" not in type(pm.get_submodule(owner)).__name__):
-            continue
-        t = s.tensor.detach().double()
-        t = t.abs() if power == 1 else (t.pow(2) if power == 2 else torch.ones_like(t))
-        out += s.scatter(s.per_index(t).cpu(), out.numel())
+def _accumulate(n: int, slices: list, power: int) -> np.ndarray:
+    """Per channel, the sum over the given slices of ``|w|`` (power 1) or ``w**2`` (power 2)."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for s in slices:
+        t = s.tensor.detach()
+        t = t.abs() if power == 1 else t.pow(2)
+        out += s.scatter(s.per_index(t).double().cpu(), n)
     return out.numpy()
+
+
+def _covered(n: int, slices: list) -> np.ndarray:
+    covered = np.zeros(n, dtype=bool)
+    for s in slices:
+        for channels in s.channels:
+            covered[channels.numpy()] = True
+    return covered
+
+
+def _is_norm_scale(pm, s) -> bool:
+    owner, _, attr = s.name.rpartition(".")
+    return attr == "weight" and "Norm" in type(pm.get_submodule(owner)).__name__
 
 
 def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "local",
@@ -80,12 +89,14 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     Args:
         pm: a model from :func:`fxprune.prepare`.
         ratio: fraction of channels to remove, in ``[0, 1)``: of each group (local) or of
-            all prunable channels (global).
+            all prunable channels (global). Where two groups index one dimension together
+            (heads and head-dims), local pruning shares the ratio between them so that the
+            dimension shrinks by ``ratio``.
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"random"``.
         scope: ``"local"`` or ``"global"``.
         round_to: keep a multiple of this many channels in every group (where the group
             is that large), which suits hardware that works in blocks.
-        ignore: module paths or group names whose channels are left alone.
+        ignore: module paths (whose output channels are left alone) or group names.
         seed: for ``"random"``.
 
     Returns:
@@ -104,7 +115,10 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     skip = _ignored_groups(index, set(ignore))
     members = [np.flatnonzero(index.group_of == i) for i in range(len(index.groups))]
     if scope == "local":
-        plan = {i: int(math.floor(ratio * len(m))) for i, m in enumerate(members) if i not in skip}
+        factors = factor_counts(index)
+        share = [1.0 - (1.0 - ratio) ** (1.0 / k) for k in factors]
+        plan = {i: int(math.floor(share[i] * len(m)) if factors[i] == 1 else round(share[i] * len(m)))
+                for i, m in enumerate(members) if i not in skip}
     else:
         plan = _global_counts(pm, index, scores, members, skip, ratio)
     removed = {}
@@ -121,6 +135,35 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
             mask[torch.as_tensor(index.position[order], device=mask.device)] = 0.0
             removed[index.groups[i].name] = int(n_remove)
     return removed
+
+
+def factor_counts(index) -> list:
+    """Per group, how many groups' channels multiply to index one dimension (1, or 2 for heads x head-dims).
+
+    A dimension indexed by two factors (heads and head-dims, groups and channels per group)
+    loses ``1 - (1 - r1)(1 - r2)`` of its size when the factors lose ``r1`` and ``r2``; local
+    pruning therefore removes ``1 - (1 - ratio) ** (1 / k)`` of each of ``k`` factors, so that
+    every tensor dimension shrinks by ``ratio``.
+    """
+    k = [1] * len(index.groups)
+    arrays = {id(d): d for lay in index.node_layouts.values() for d in _leaves(lay)}
+    arrays.update({id(d): d for record in index.params for d in record.layout})
+    for cids in arrays.values():
+        if cids.shape[1] < 2:
+            continue
+        for row in np.unique(np.where(cids >= 0, index.group_of[np.clip(cids, 0, None)], -1), axis=0):
+            groups = set(int(g) for g in row if g >= 0)
+            for g in groups:
+                k[g] = max(k[g], len(groups))
+    return k
+
+
+def _leaves(lay):
+    if isinstance(lay, np.ndarray):
+        yield lay
+    elif isinstance(lay, (tuple, list)):
+        for sub in lay:
+            yield from _leaves(sub)
 
 
 def _rounded(keep: int, n: int, round_to: Optional[int]) -> int:
@@ -166,8 +209,8 @@ def _ignored_groups(index, ignore: set) -> set:
         if g.name in ignore:
             out.add(i)
             continue
-        for m in g.members:
-            if m.kind == "param" and any(m.name == p or m.name.startswith(p + ".") for p in ignore):
+        for m in g.producers:  # a layer is left alone by keeping every channel it produces
+            if any(m.name == p or m.name.startswith(p + ".") for p in ignore):
                 out.add(i)
                 break
     return out

@@ -1,0 +1,59 @@
+"""One-shot pruning by importance: which channels go, how many, and never a whole group."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxprune
+from helpers import assert_finalized_equals_masked, randomize
+
+
+def chain():
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(),
+                                    nn.Conv2d(16, 2, 1)))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.arange(1, 9, dtype=torch.float32).view(8, 1, 1, 1))  # filter k has l1 ~ k+1
+    return model
+
+
+def test_l1_removes_the_filters_with_the_smallest_norm():
+    model = chain()
+    pm = fxprune.prepare(model, torch.randn(1, 3, 4, 4))
+    fxprune.prune_by_importance(pm, 0.5, importance="l1")
+    (g,) = [g for g in fxprune.channel_groups(pm) if any(p.name == "0.weight" for p in g.producers)]
+    order = model[0].weight.abs().sum((1, 2, 3)).argsort()
+    assert set(torch.nonzero(pm.fxprune.masks[g.name] == 0).flatten().tolist()) == set(order[:4].tolist())
+    assert_finalized_equals_masked(pm)
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "random"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_every_importance_and_scope_prunes_and_keeps_every_group(importance, scope):
+    pm = fxprune.prepare(chain(), torch.randn(1, 3, 4, 4))
+    removed = fxprune.prune_by_importance(pm, 0.9, importance=importance, scope=scope)
+    assert sum(removed.values()) > 0
+    assert all(bool(m.any()) for m in fxprune.mask_parameters(pm))
+    assert_finalized_equals_masked(pm)
+
+
+def test_round_to_keeps_a_multiple_of_channels():
+    pm = fxprune.prepare(chain(), torch.randn(1, 3, 4, 4))
+    fxprune.prune_by_importance(pm, 0.4, round_to=4)
+    kept = sorted(int(m.count_nonzero()) for m in fxprune.mask_parameters(pm))
+    assert kept == [4, 8]
+
+
+def test_grouped_convolution_loses_the_ratio_of_its_channels_not_more():
+    model = nn.Sequential(nn.Conv2d(3, 48, 1), nn.Conv2d(48, 48, 3, padding=1, groups=6), nn.Conv2d(48, 10, 1))
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    fxprune.prune_by_importance(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    conv = small.get_submodule("1")
+    assert conv.in_channels == conv.out_channels == 24 and conv.groups == 4
+
+
+def test_ignored_layers_are_left_alone():
+    pm = fxprune.prepare(chain(), torch.randn(1, 3, 4, 4))
+    fxprune.prune_by_importance(pm, 0.5, ignore=["2"])
+    small = fxprune.finalize(pm)
+    assert small.get_submodule("2").out_channels == 16 and small.get_submodule("0").out_channels == 4
