@@ -20,6 +20,7 @@ from . import verify
 from .branches import find_branches
 from .config import PruneConfig
 from .decide import decide
+from .errors import FxPruneError
 from .flow import ChannelFlow
 from .groups import resolve
 from .lower import lower_modules
@@ -50,7 +51,7 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
                            for t in example_inputs_for(model, example_inputs))
     gm = trace(model, config)
     lower_modules(gm)
-    flow = ChannelFlow(gm, config).propagate(*example_inputs)
+    flow = _propagate(gm, config, example_inputs)
     index = resolve(flow)
     branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
     dtype, device = _dtype_device(gm)
@@ -63,6 +64,16 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     setattr(gm, ATTR, PruneState(index, sites, branches, example_inputs, config, flow.barriers,
                                  flow.shapes, flow.approximate))
     return gm
+
+
+def _propagate(gm, config: PruneConfig, example_inputs) -> ChannelFlow:
+    """Shape and channel propagation; on FakeTensors first (no arithmetic), for real if that fails."""
+    try:
+        return ChannelFlow(gm, config).propagate(*example_inputs, fake=True)
+    except FxPruneError:
+        raise
+    except Exception:  # an op without a fake kernel: run it for real
+        return ChannelFlow(gm, config).propagate(*example_inputs, fake=False)
 
 
 def _has_channels(index, site) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils import _pytree as pytree
 
 from .channels import AtomTable, empty_dim, has_atoms
@@ -52,10 +53,22 @@ class ChannelFlow(torch.fx.Interpreter):
         self.memo: dict = {}
         self.barriers: list[Barrier] = []
         self.approximate: list[str] = []
+        self.fake_mode = None
 
-    def propagate(self, *example_inputs) -> "ChannelFlow":
-        """Run the graph in eval mode without gradients; returns self."""
+    def propagate(self, *example_inputs, fake: bool = False) -> "ChannelFlow":
+        """Run the graph in eval mode without gradients; returns self.
+
+        Args:
+            example_inputs: the inputs to run on.
+            fake: run activations as FakeTensors (shapes without arithmetic). Values
+                computed from parameters and buffers alone (index tables) stay real, and
+                the index-coded probes always run for real.
+        """
         modes = {m: m.training for m in self.module.modules()}
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        if fake:
+            example_inputs = tuple(self.fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
+                                   for t in example_inputs)
         try:
             self.module.eval()
             with torch.no_grad():
@@ -69,13 +82,22 @@ class ChannelFlow(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            out = getattr(self, n.op)(n.target, args, kwargs)
+            if self.fake_mode is not None and _has_fake(args, kwargs):
+                with self.fake_mode:
+                    out = getattr(self, n.op)(n.target, args, kwargs)
+            else:
+                with unset_fake_temporarily():
+                    out = getattr(self, n.op)(n.target, args, kwargs)
         self.shapes[n.name] = pytree.tree_map(_shape_of, out)
         self.layouts[n.name] = self.layout_for(n, args, kwargs, out)
         return out
 
     def call(self, node: torch.fx.Node, args, kwargs):
-        """Call a node's op on other arguments (used by rules that probe an op)."""
+        """Call a node's op on other arguments, for real (used by rules that probe an op)."""
+        with unset_fake_temporarily():
+            return self._call(node, args, kwargs)
+
+    def _call(self, node: torch.fx.Node, args, kwargs):
         if node.op == "call_module":
             return self.module.get_submodule(node.target)(*args, **kwargs)
         if node.op == "call_method":
@@ -171,6 +193,10 @@ class ChannelFlow(torch.fx.Interpreter):
 
     def note_approximate(self, node: torch.fx.Node, dims) -> None:
         self.approximate.append(node.name)
+
+
+def _has_fake(args, kwargs) -> bool:
+    return any(isinstance(v, FakeTensor) for v in pytree.tree_leaves((args, kwargs)))
 
 
 def _shape_of(v):
