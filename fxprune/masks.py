@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -32,10 +33,11 @@ class MaskBank(nn.Module):
 
     def __init__(self, group_sizes: list, gate_names: list, dtype: torch.dtype, device):
         super().__init__()
-        self.masks = nn.ParameterDict(
-            {f"g{i}": nn.Parameter(torch.ones(n, dtype=dtype, device=device)) for i, n in enumerate(group_sizes)})
-        self.gates = nn.ParameterDict(
-            {name: nn.Parameter(torch.ones((), dtype=dtype, device=device)) for name in gate_names})
+        # OrderedDict: a plain dict would be sorted by name (g0, g1, g10, g2, ...)
+        self.masks = nn.ParameterDict(OrderedDict(
+            (f"g{i}", nn.Parameter(torch.ones(n, dtype=dtype, device=device))) for i, n in enumerate(group_sizes)))
+        self.gates = nn.ParameterDict(OrderedDict(
+            (name, nn.Parameter(torch.ones((), dtype=dtype, device=device))) for name in gate_names))
         self.sites = nn.ModuleDict()
 
 

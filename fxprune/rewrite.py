@@ -72,6 +72,8 @@ def remove_branches(gm: torch.fx.GraphModule, state, plan) -> None:
             continue
         join = by_name[branch.join]
         trunk = next(a for a in join.args if isinstance(a, torch.fx.Node) and role(a) != "gate")
+        for user in list(join.users):  # they wrote into the join's fresh result; now it aliases the trunk
+            _out_of_place(gm, user)
         join.replace_all_uses_with(trunk)
         gm.graph.erase_node(join)
         del by_name[branch.join]
@@ -81,6 +83,22 @@ def remove_branches(gm: torch.fx.GraphModule, state, plan) -> None:
                 gm.graph.erase_node(node)
                 del by_name[name]
     _erase_dead_getattrs(gm)
+
+
+def _out_of_place(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """Turn an in-place op (``relu_``, ``ReLU(inplace=True)``, ``F.relu(x, inplace=True)``) out-of-place."""
+    if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("__"):
+        node.target = node.target[:-1]
+    elif node.op == "call_function" and node.kwargs.get("inplace"):
+        node.kwargs = {**node.kwargs, "inplace": False}
+    elif node.op == "call_function" and node.target in _IN_PLACE_FUNCTIONS:
+        node.target = _IN_PLACE_FUNCTIONS[node.target]
+    elif node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False):
+        gm.get_submodule(node.target).inplace = False
+
+
+_IN_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                       operator.itruediv: operator.truediv, torch.relu_: torch.relu, F.relu_: F.relu}
 
 
 def _gate_node(by_name: dict, branch: str) -> str:

@@ -391,3 +391,25 @@ def test_one_op_consuming_two_channel_dimensions_gets_two_masks():
             mask[mask != 0] = 0.5
     small = assert_finalized_equals_masked(pm)
     assert small.a.out_features == 3
+
+
+class InPlaceAfterJoin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.relu = nn.ReLU(inplace=True)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.out(self.relu(x + self.branch(x)))
+
+
+def test_removed_branch_keeps_training_when_an_in_place_op_followed_the_join():
+    pm = prepared(InPlaceAfterJoin(), torch.randn(2, 3, 5, 5))
+    with torch.no_grad():
+        pm.fxprune.gates["b0"].zero_()
+    small = assert_finalized_equals_masked(pm)
+    small.train()
+    small(torch.randn(2, 3, 5, 5)).sum().backward()  # the ReLU no longer writes into the stem's output

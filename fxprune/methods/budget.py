@@ -74,7 +74,7 @@ def measured_macs(pm, threshold: float = 0.0) -> int:
     return count(finalize(pm, threshold=threshold, check=False), state.example_inputs).macs
 
 
-def prune_to_macs(pm, target: float, channel_scores: np.ndarray, gate_scores: Optional[dict] = None,
+def prune_to_macs(pm, target: float, channel_scores: Optional[np.ndarray], gate_scores: Optional[dict] = None,
                   keep_zeros: bool = True, tolerance: float = 0.01) -> BudgetResult:
     """Switch off the lowest-scored channels (and branches) until MACs fall by ``target``.
 
@@ -82,7 +82,7 @@ def prune_to_macs(pm, target: float, channel_scores: np.ndarray, gate_scores: Op
         pm: a prepared model; masks already at zero stay at zero.
         target: the MACs reduction to reach, in ``(0, 1)``, relative to the model with
             every mask at one (the unpruned model).
-        channel_scores: one score per channel id (lower is removed first).
+        channel_scores: one score per channel id (lower is removed first); None: channels stay.
         gate_scores: branch name -> score, ranked together with the channels.
         keep_zeros: channels and gates already at zero count as removed from the start.
         tolerance: if removing a whole branch overshoots the target by more than this, the
@@ -149,8 +149,8 @@ def prune_to_macs(pm, target: float, channel_scores: np.ndarray, gate_scores: Op
 
 def _ranking(index, channel_scores: np.ndarray, gate_scores: dict) -> list:
     """Candidates ``("mask", channel id)`` and ``("gate", branch)`` sorted by score, lowest first."""
-    items = [(score, 0, ("mask", cid)) for cid, score in
-             enumerate(np.asarray(channel_scores, dtype=np.float64).tolist())]
+    items = [] if channel_scores is None else [
+        (score, 0, ("mask", cid)) for cid, score in enumerate(np.asarray(channel_scores, dtype=np.float64).tolist())]
     items += [(float(score), 1, ("gate", name)) for name, score in gate_scores.items()]
     items.sort(key=lambda t: (t[0], t[1]))
     return [t[2] for t in items]

@@ -147,7 +147,7 @@ class EPFS:
         for gi, g in enumerate(index.groups):
             members = index.group_of == gi
             magnitude[members] = self.pm.fxprune.masks[g.name].detach().abs().cpu().numpy()[index.position[members]]
-        channel_scores = magnitude / (cost / scale) if self.filters else np.full(index.group_of.size, np.inf)
+        channel_scores = magnitude / (cost / scale) if self.filters else None
         gate_scores = None
         if self.blocks:
             bcost = branch_macs(self.pm)

@@ -1,0 +1,346 @@
+"""CIFAR-10: EPFS and OICSR against one-shot and sparsity baselines at the same MACs and epochs.
+
+Protocol (every method starts from the same dense checkpoint and then gets the same
+number of further epochs, so all rows have the same total epochs):
+
+1. dense pre-training for ``dense_epochs`` (SGD, Nesterov momentum, one-cycle LR);
+2. per method, ``method_epochs`` more epochs:
+
+   - ``dense``: keeps training the dense model (the reference at the same total epochs);
+   - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
+     Loss), pruned to the MACs target, finalized, fine-tuned for the rest;
+   - ``oicsr``: ``sparse_epochs`` with the out-in group lasso, global greedy pruning to the
+     target, finalized, fine-tuned for the rest;
+   - ``l1``: L1-norm filter pruning (Li et al., ICLR 2017) straight from the dense model,
+     filters ranked by l1 norm relative to their layer, to the target; fine-tuned for all
+     ``method_epochs``;
+   - ``slimming``: network slimming (Liu et al., ICCV 2017), ``sparse_epochs`` with l1 on
+     BatchNorm scales, pruned by global |gamma| to the target, fine-tuned for the rest;
+   - ``tp``: Torch-Pruning's GroupNormPruner (when ``torch_pruning`` is installed):
+     ``sparse_epochs`` of its group regulariser, pruned to the target, fine-tuned;
+   - ``epfs-blocks``: EPFS with block pruning only (branch gates), for ResNets.
+
+Every pruned row is measured on its finalized model: top-1 on the 10,000 test images,
+MACs and parameters (``fxprune.count``).
+
+    python benchmarks/cifar10.py --data /tmp/fxprune-data/cifar10 --model resnet20 --protocol quick
+    python benchmarks/cifar10.py --data DIR --model resnet56 --methods dense epfs-blocks --protocol quick
+
+``--data`` is a CIFAR-10 image folder (``train/``, ``test/``), a torchvision CIFAR10 root,
+or the ``.tar.gz`` (extracted once into ``--scratch``, never into the repository). Nothing
+is downloaded. Results go to ``--out``: ``results.json``, ``table.md`` and ``accuracy_vs_macs.png``;
+finished rows are reused when the command is run again (``--fresh`` to redo them).
+
+Protocols: ``quick`` (8 dense + 4 per method, 2 of them sparse; about an hour for ResNet-20
+on 2 CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cifar_dense_probe.py: shared cores
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+import fxprune  # noqa: E402
+from benchmarks.cifar_data import cifar10_loaders  # noqa: E402
+from benchmarks.cifar_models import MODELS, build_model  # noqa: E402
+from fxprune.train import Trainer, evaluate  # noqa: E402
+
+
+@dataclass
+class Protocol:
+    dense_epochs: int
+    method_epochs: int
+    sparse_epochs: int
+    lr: float = 0.1
+    finetune_lr: float = 0.02
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+
+
+PROTOCOLS = {
+    "quick": Protocol(dense_epochs=8, method_epochs=4, sparse_epochs=2),
+    "full": Protocol(dense_epochs=160, method_epochs=80, sparse_epochs=40),
+}
+METHODS = ("dense", "epfs", "oicsr", "l1", "slimming", "tp", "epfs-blocks")
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def sgd(params, lr: float, weight_decay: float):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: str = "cosine", params=None,
+          extra_loss=None, extra_optimizers=None, step_hooks=(), checkpoint_dir=None, progress=True):
+    """Train ``model`` for ``epochs`` with SGD and a per-batch LR schedule; returns the history."""
+    if epochs <= 0:
+        return []
+    train_data, test_data = loaders
+    opt = sgd(params if params is not None else model.parameters(), lr, proto.weight_decay)
+    total = epochs * len(train_data)
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    else:
+        sched = None
+    trainer = Trainer(model, opt, sched, extra_loss=extra_loss, extra_optimizers=extra_optimizers,
+                      step_hooks=step_hooks, checkpoint_dir=checkpoint_dir, keep_last=1, progress=progress)
+    return trainer.fit(train_data, test_data, epochs)
+
+
+def dense_model(name: str, loaders, proto: Protocol, out: Path, progress: bool) -> nn.Module:
+    """The shared dense starting point, trained once and cached in ``out``."""
+    path = out / f"dense-{name}-{proto.dense_epochs}.pt"
+    model = build_model(name)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+    torch.manual_seed(0)
+    model = build_model(name)
+    train(model, loaders, proto.dense_epochs, proto.lr, proto, schedule="onecycle",
+          checkpoint_dir=out / f"ckpt-dense-{name}", progress=progress)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+# -- methods: each returns (model to fine-tune, epochs already spent, notes) ----------------------
+
+
+def run_dense(model, loaders, proto, target, args):
+    train(model, loaders, proto.method_epochs, proto.finetune_lr, proto, progress=args.progress)
+    return model, proto.method_epochs, {}
+
+
+def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False):
+    x = example(loaders)
+    pm = fxprune.prepare(model, x)
+    epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
+                        center=0.0 if blocks_only else args.center, num_classes=10,
+                        filters=not blocks_only, blocks=bool(fxprune.branches(pm)))
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+          params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
+          extra_optimizers={"masks": epfs.optimizer}, progress=args.progress)
+    result = epfs.prune(target=target)
+    epfs.close()
+    return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result),
+                                                        "gates_removed": result.branches}
+
+
+def run_oicsr(model, loaders, proto, target, args):
+    x = example(loaders)
+    pm = fxprune.prepare(model, x)
+    reg = fxprune.OutInGroupLasso(pm, lam=args.oicsr_lam)
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+          params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: reg.penalty(),
+          progress=args.progress)
+    result = fxprune.greedy_prune(pm, target, step=0.05)
+    return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result)}
+
+
+def run_l1(model, loaders, proto, target, args):
+    pm = fxprune.prepare(model, example(loaders))
+    scores = relative_to_group(pm, fxprune.channel_importance(pm, "l1"))
+    result = fxprune.prune_to_macs(pm, target, scores)
+    return fxprune.finalize(pm), 0, {"budget": asdict(result)}
+
+
+def run_slimming(model, loaders, proto, target, args):
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def bn_l1(m, out, feats, y):
+        return args.slim_lam * sum(bn.weight.abs().sum() for bn in norms)
+
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant", extra_loss=bn_l1,
+          progress=args.progress)
+    pm = fxprune.prepare(model, example(loaders))
+    result = fxprune.prune_to_macs(pm, target, fxprune.channel_importance(pm, "bn_scale"))
+    return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result)}
+
+
+def run_tp(model, loaders, proto, target, args):
+    import torch_pruning as tp  # optional: pip install torch-pruning
+
+    x = example(loaders)
+    base_macs = fxprune.count(model, x).macs
+    pruner = tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                       pruning_ratio=_tp_ratio(model, x, target, base_macs), global_pruning=False,
+                                       ignored_layers=[model.fc if hasattr(model, "fc") else model.classifier])
+
+    def regularize(trainer, step):
+        pruner.regularize(model)
+
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+          step_hooks=[regularize], progress=args.progress)
+    pruner.step()
+    return model, proto.sparse_epochs, {"macs_reduction": 1 - fxprune.count(model, x).macs / base_macs}
+
+
+def _tp_ratio(model, x, target: float, base_macs: int) -> float:
+    """The channel ratio at which Torch-Pruning's pruner removes ``target`` of the MACs (bisection)."""
+    import torch_pruning as tp
+
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(model)
+        tp.pruner.MagnitudePruner(trial, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=mid,
+                                  ignored_layers=[trial.fc if hasattr(trial, "fc") else trial.classifier]).step()
+        if 1 - fxprune.count(trial, x).macs / base_macs < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def relative_to_group(pm, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by their group's mean, so that layers of different scale compare."""
+    index = pm.fxprune_state.index
+    out = scores.astype(np.float64).copy()
+    for gi in range(len(index.groups)):
+        members = index.group_of == gi
+        mean = out[members].mean()
+        out[members] /= mean if mean > 0 else 1.0
+    return out
+
+
+def example(loaders):
+    return torch.randn(1, 3, 32, 32)
+
+
+RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l1, "slimming": run_slimming,
+           "tp": run_tp, "epfs-blocks": lambda *a: run_epfs(*a, blocks_only=True)}
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+
+
+def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: float, args) -> dict:
+    torch.manual_seed(1)
+    start = time.time()
+    x = torch.randn(1, 3, 32, 32)
+    base = fxprune.count(dense, x)
+    model, spent, notes = RUNNERS[method](copy.deepcopy(dense), loaders, proto, target, args)
+    if method != "dense":
+        train(model, loaders, proto.method_epochs - spent, proto.finetune_lr, proto, progress=args.progress)
+    cost = fxprune.count(model, x)
+    top1 = evaluate(model, loaders[1])
+    return {"method": method, "top1": top1, "macs": cost.macs, "params": cost.params,
+            "macs_reduction": 1 - cost.macs / base.macs, "params_reduction": 1 - cost.params / base.params,
+            "epochs": proto.dense_epochs + proto.method_epochs, "seconds": time.time() - start, **notes}
+
+
+def table(rows: list, dense_top1: float) -> str:
+    body = [[r["method"], f"{100 * r['top1']:.2f}", f"{100 * (r['top1'] - dense_top1):+.2f}",
+             f"{r['macs'] / 1e6:.1f}", f"{100 * r['macs_reduction']:.1f}%", f"{r['params'] / 1e6:.3f}",
+             f"{100 * r['params_reduction']:.1f}%", r["epochs"]] for r in rows]
+    return tabulate(body, headers=["method", "top-1 %", "vs dense", "MMACs", "MACs removed", "M params",
+                                   "params removed", "epochs"], tablefmt="github")
+
+
+def plot(rows: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["macs"] / 1e6, 100 * r["top1"], s=40)
+        ax.annotate(r["method"], (r["macs"] / 1e6, 100 * r["top1"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("MMACs")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--scratch", default="/tmp/fxprune-data")
+    p.add_argument("--model", default="resnet20", choices=sorted(MODELS))
+    p.add_argument("--methods", nargs="+", default=["dense", "epfs", "oicsr", "l1", "slimming", "tp"],
+                   choices=METHODS)
+    p.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS))
+    p.add_argument("--dense-epochs", type=int, help="override the protocol")
+    p.add_argument("--method-epochs", type=int, help="override the protocol")
+    p.add_argument("--sparse-epochs", type=int, help="override the protocol")
+    p.add_argument("--target", type=float, default=0.5, help="MACs reduction for every pruned row")
+    p.add_argument("--subset", type=int, default=None, help="images per class (train and test)")
+    p.add_argument("--mask-lr", type=float, default=0.1)
+    p.add_argument("--mask-l1", type=float, default=0.01)
+    p.add_argument("--mask-l2", type=float, default=1e-4)
+    p.add_argument("--gate-l1", type=float, default=0.01)
+    p.add_argument("--center", type=float, default=1e-3)
+    p.add_argument("--oicsr-lam", type=float, default=5e-4)
+    p.add_argument("--slim-lam", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="out/cifar10")
+    p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    proto = copy.copy(PROTOCOLS[args.protocol])
+    for field in ("dense_epochs", "method_epochs", "sparse_epochs"):
+        if getattr(args, field) is not None:
+            setattr(proto, field, getattr(args, field))
+    out = Path(args.out) / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
+    dense = dense_model(args.model, loaders, proto, out, args.progress)
+    results_path = out / "results.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else {}
+    rows = {r["method"]: r for r in saved.get("rows", []) if saved.get("protocol") == asdict(proto)}
+    for method in args.methods:
+        if method in rows:
+            continue
+        if method == "tp":
+            try:
+                import torch_pruning  # noqa: F401
+            except ImportError:
+                print("torch_pruning is not installed: no tp row (pip install torch-pruning)")
+                continue
+        print(f"== {args.model} {method}", flush=True)
+        rows[method] = run_method(method, dense, loaders, proto, args.target, args)
+        print(json.dumps(rows[method]), flush=True)
+        meta = {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+                "torch": torch.__version__, "args": vars(args)}
+        results_path.write_text(json.dumps({**meta, "rows": list(rows.values())}, indent=1))
+    ordered = [rows[m] for m in METHODS if m in rows]
+    dense_top1 = rows["dense"]["top1"] if "dense" in rows else float("nan")
+    text = table(ordered, dense_top1)
+    (out / "table.md").write_text(text + "\n")
+    plot(ordered, out / "accuracy_vs_macs.png", f"{args.model}, CIFAR-10, {args.protocol} protocol")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
