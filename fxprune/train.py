@@ -273,7 +273,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned (model, optimizers, scheduler, RNG, history)."""
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise FxPruneError(f"unknown checkpoint format {state.get('format')!r}", hint="resume with the fxprune that wrote it")
+            raise FxPruneError(f"unknown checkpoint format {state.get('format')!r}",
+                               hint="resume with the fxprune version that wrote it")
         missing = set(self.extra_optimizers) ^ set(state["extra_optimizers"])
         if missing:
             raise FxPruneError(f"checkpoint and trainer disagree on extra optimizers: {sorted(missing)}")

@@ -134,7 +134,8 @@ class FISTA(torch.optim.Optimizer):
         restart: Union[None, int, str] = None,
     ):
         if not lr > 0:
-            raise FxPruneError(f"FISTA needs lr > 0, got {lr}", hint="use 1/L, L the loss's gradient Lipschitz constant")
+            raise FxPruneError(f"FISTA needs lr > 0, got {lr}",
+                               hint="use 1/L, L the Lipschitz constant of the loss's gradient")
         _check_restart(restart)
         defaults = dict(lr=lr, lam=lam, nonneg=nonneg, restart=restart, weights=None)
         super().__init__(params, defaults)

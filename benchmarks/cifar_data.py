@@ -1,0 +1,268 @@
+"""CIFAR-10 as uint8 tensors in memory, with batched augmentation in torch.
+
+Reads, never downloads, one of two layouts:
+
+- an image folder ``<root>/{train,test}/<class>/*.jpg`` (or ``.png``), classes
+  sorted by name (which is CIFAR-10's own label order);
+- a torchvision root holding ``cifar-10-batches-py`` (or that folder itself).
+
+Decoding happens once; the result (``images`` uint8 ``(N, 3, 32, 32)``,
+``labels`` int64 ``(N,)``) is cached as a ``.pt`` in
+``$XDG_CACHE_HOME/fxprune`` (default ``~/.cache/fxprune``), keyed by the
+resolved source path and split. Augmentation (random crop of the image padded
+with 4 black pixels, as torchvision's ``RandomCrop(32, padding=4)`` does, and a
+horizontal flip) and normalisation run on whole batches.
+
+Example::
+
+    root = extract_archive("/work/shared/data/cifar10-jpg.tar.gz", "/tmp/fxprune-data")
+    train, test = cifar10_loaders(root, batch_size=128, seed=0)
+    for x, y in train:  # x float32 (128, 3, 32, 32), normalised; y int64
+        ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/fxprune``, or ``~/.cache/fxprune``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fxprune"
+
+
+def extract_archive(archive: os.PathLike, scratch_dir: os.PathLike) -> Path:
+    """Extract a CIFAR-10 image-folder archive into ``scratch_dir`` unless already there.
+
+    Args:
+        archive: a ``.tar.gz`` holding ``cifar10/{train,test}/<class>/*.jpg``.
+        scratch_dir: a folder outside the repository, e.g. ``/tmp/fxprune-data``.
+
+    Returns:
+        The folder holding ``train/`` and ``test/`` (``scratch_dir/cifar10``).
+    """
+    scratch_dir = Path(scratch_dir)
+    done = scratch_dir / ".extracted"
+    if not done.exists():
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "r:*") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(scratch_dir, filter="data")
+            else:  # Python < 3.10.12 has no extraction filters
+                tar.extractall(scratch_dir)
+        done.write_text(str(Path(archive).resolve()))
+    root = find_image_root(scratch_dir)
+    if root is None:
+        raise FileNotFoundError(f"no train/ and test/ folders under {scratch_dir} after extracting {archive}")
+    return root
+
+
+def find_image_root(folder: os.PathLike) -> Optional[Path]:
+    """``folder`` or its first sub-folder that holds ``train/`` and ``test/``, else ``None``."""
+    folder = Path(folder)
+    for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+def load_cifar10(root: os.PathLike, split: str,
+                 cache_dir: Optional[os.PathLike] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one split, decoded once and then read from the cache.
+
+    Args:
+        root: an image-folder root or a torchvision CIFAR-10 root (see module docstring).
+        split: ``"train"`` or ``"test"``.
+        cache_dir: where the decoded ``.pt`` goes; ``None`` for :func:`default_cache_dir`.
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    source = Path(root).resolve()
+    key = hashlib.sha1(f"{source}|{split}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir or default_cache_dir()) / f"cifar10-{split}-{key}.pt"
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        return saved["images"], saved["labels"]
+    batches = _torchvision_batches(source)
+    images, labels = _decode_batches(batches, split) if batches else _decode_folder(source / split)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"images": images, "labels": labels, "source": str(source), "split": split}, tmp)
+    os.replace(tmp, cache)
+    return images, labels
+
+
+def _torchvision_batches(source: Path) -> Optional[Path]:
+    for candidate in (source / "cifar-10-batches-py", source):
+        if (candidate / "data_batch_1").exists():
+            return candidate
+    return None
+
+
+def _decode_batches(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    data, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry["labels"])
+    return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} is missing; expected <root>/train/<class>/*.jpg or a cifar-10-batches-py root")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        images.extend(decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for p in files)
+        labels.extend([label] * len(files))
+    if not images:
+        raise FileNotFoundError(f"no images under {folder}")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def subset_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` samples of every class, in data order.
+
+    Example:
+        >>> x, y = subset_per_class(torch.zeros(6, 3, 32, 32), torch.tensor([0, 1, 0, 1, 0, 1]), 2)
+        >>> y.tolist()
+        [0, 1, 0, 1]
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    for c in labels.unique():
+        keep[(labels == c).nonzero().flatten()[:per_class]] = True
+    return images[keep], labels[keep]
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop of each zero-padded image and a random horizontal flip, batched.
+
+    Args:
+        images: ``(B, C, H, W)``, any dtype (uint8 here: pad value 0 is black).
+        generator: the source of randomness.
+        padding: pixels of zeros on every side before cropping back to ``H x W``.
+
+    Returns:
+        A tensor like ``images``.
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+    cols = ox[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b)[:, None, None, None]
+    chan = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` to float32, scaled to ``[0, 1]`` and standardised per channel."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD).view(1, 3, 1, 1) * 255.0
+    return (images.float() - mean) / std
+
+
+class CifarBatches:
+    """A shuffled, optionally augmented batch iterator over uint8 images.
+
+    Shuffling and augmentation draw from a generator seeded by ``(seed,
+    epoch)``, so an epoch's batches do not depend on the global RNG; the
+    trainer calls :meth:`set_epoch` (otherwise each pass advances the epoch).
+
+    Args:
+        images: uint8 ``(N, 3, 32, 32)``.
+        labels: int64 ``(N,)``.
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch.
+        augment: random crop and flip.
+        seed: base seed.
+        drop_last: drop a final partial batch.
+    """
+
+    def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, augment: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch whose shuffle and augmentation the next pass uses."""
+        self.epoch, self._epoch_set = epoch, True
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if not self._epoch_set:
+            self.epoch += 1
+        self._epoch_set = False
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = random_crop_flip(x, gen)
+            yield normalize(x), self.labels[idx]
+
+
+def cifar10_loaders(root: os.PathLike, batch_size: int = 128, *, test_batch_size: int = 500,
+                    subset: Optional[int] = None, seed: int = 0, cache_dir: Optional[os.PathLike] = None,
+                    scratch_dir: os.PathLike = "/tmp/fxprune-data") -> tuple[CifarBatches, CifarBatches]:
+    """Train (shuffled, augmented) and test (in order, plain) batch iterators.
+
+    Args:
+        root: a CIFAR-10 image-folder or torchvision root, or a ``.tar.gz`` of an
+            image folder (extracted once into ``scratch_dir``).
+        batch_size: training batch size.
+        test_batch_size: evaluation batch size.
+        subset: keep only the first ``subset`` images per class of each split.
+        seed: shuffling and augmentation seed.
+        cache_dir: decoded-tensor cache (see :func:`load_cifar10`).
+        scratch_dir: where a ``.tar.gz`` is extracted (keep it outside the repository).
+
+    Returns:
+        ``(train, test)``.
+    """
+    if str(root).endswith((".tar.gz", ".tgz")):
+        root = extract_archive(root, scratch_dir)
+    splits = []
+    for split in ("train", "test"):
+        images, labels = load_cifar10(root, split, cache_dir)
+        if subset is not None:
+            images, labels = subset_per_class(images, labels, subset)
+        splits.append((images, labels))
+    train = CifarBatches(*splits[0], batch_size, shuffle=True, augment=True, seed=seed)
+    test = CifarBatches(*splits[1], test_batch_size, shuffle=False, augment=False, seed=seed)
+    return train, test
