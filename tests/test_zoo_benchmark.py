@@ -1,0 +1,78 @@
+"""benchmarks/zoo.py: one small model through the subprocess path; a hang is recorded, not waited for."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    sys.path.insert(0, str(BENCHMARKS))  # zoo.py imports zoo_plot as a sibling, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location("zoo", BENCHMARKS / "zoo.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def zoo_plot(zoo):
+    return sys.modules["zoo_plot"]  # imported by zoo.py
+
+
+def _args(zoo, *extra):
+    flags = ["--size", "64", "--batches", "1", "2", "--repeats", "1", "--warmup", "0", "--timeout", "600"]
+    return zoo.parse(flags + ([] if HAVE_TP else ["--no-tp"]) + list(extra))
+
+
+def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path):
+    record = zoo.run_isolated("resnet18", tmp_path / "resnet18.json", _args(zoo))
+    assert "failure" not in record, record.get("failure")
+    assert record["stage"] == "done" and record["input"] == [1, 3, 64, 64] and record["threads"] == 2
+    fx = record["fxprune"]
+    assert fx["ok"] and fx["equivalence_error"] <= 1e-4
+    assert 0 < fx["prepare_s"] and 0 < fx["finalize_s"] and fx["total_s"] >= fx["prepare_s"] + fx["finalize_s"]
+    assert 0 < fx["macs_after"] < record["macs_before"] and 0 < fx["params_after"] < record["params_before"]
+    assert fx["output_layers"] == ["fc"] and fx["round_to"]["round_to"] == 8
+    labels = {"before", "fxprune", "fxprune_round8"} | ({"tp"} if HAVE_TP else set())
+    for batch in ("1", "2"):
+        assert set(record["latency_ms"][batch]) == labels
+        assert all(ms > 0 for ms in record["latency_ms"][batch].values())
+        for label, speedup in record["speedup"][batch].items():
+            macs_ratio = record["macs_before"] / zoo._macs_after(record, label)
+            assert math.isclose(record["efficiency"][batch][label], speedup / macs_ratio)
+    if HAVE_TP:
+        tp = record["tp"]
+        assert tp["ok"] and tp["same_output_shapes"] and tp["ignored"] == ["fc"]
+        assert tp["masked_error"] <= 1e-4  # resnet18 is a case Torch-Pruning prunes exactly
+        assert tp["total_s"] == pytest.approx(tp["pruner_s"] + tp["step_s"])
+    text = zoo_plot.write_report(tmp_path, {"batches": [1, 2]}, [record], 2)
+    assert "fxprune pruned 1" in text and "resnet18" in (tmp_path / "zoo.md").read_text()
+    assert zoo_plot.summary([record], 2)["median_efficiency_b2"]["fxprune"] > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert [p[2] for p in zoo_plot.points([record], "2", "fxprune")] == ["resnet18"]
+        assert (tmp_path / "zoo.png").stat().st_size > 0
+
+
+def test_a_model_past_the_timeout_is_killed_and_recorded(zoo, zoo_plot, tmp_path):
+    record = zoo.run_isolated("resnet18", tmp_path / "r.json", _args(zoo, "--timeout", "1"))
+    assert record["model"] == "resnet18" and record["failure"].startswith("timed out after 1 s")
+    assert "resnet18" in zoo_plot.summary([record], 2)["failures"] and "resnet18" in zoo_plot.table([record], 2)
+
+
+def test_latency_over_the_budget_is_skipped_and_said(zoo):
+    args = zoo.parse(["--batches", "1", "2", "--max-gmacs", "0.2", "--repeats", "1", "--warmup", "0"])
+    record = {"input": [1, 3, 8, 8], "macs_before": int(0.15e9), "latency_ms": {}, "latency_skipped": {},
+              "speedup": {}, "efficiency": {}}
+    zoo.measure_latency({"before": torch.nn.Conv2d(3, 4, 3)}, record, args)
+    assert list(record["latency_ms"]) == ["1"] and record["latency_ms"]["1"]["before"] > 0
+    assert record["latency_skipped"]["2"] == "batch 2 x 0.1 GMACs > --max-gmacs 0.2"
