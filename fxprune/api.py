@@ -66,8 +66,18 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     return gm
 
 
+_FAKE_ABOVE = 50_000  # input elements above which shapes are propagated on FakeTensors
+
+
 def _propagate(gm, config: PruneConfig, example_inputs) -> ChannelFlow:
-    """Shape and channel propagation; on FakeTensors first (no arithmetic), for real if that fails."""
+    """Shape and channel propagation.
+
+    For large inputs on FakeTensors first (no arithmetic), for real if that fails; small
+    inputs run for real, which is cheaper than FakeTensor's per-op bookkeeping.
+    """
+    size = sum(t.numel() for t in example_inputs if isinstance(t, torch.Tensor))
+    if size < _FAKE_ABOVE:
+        return ChannelFlow(gm, config).propagate(*example_inputs, fake=False)
     try:
         return ChannelFlow(gm, config).propagate(*example_inputs, fake=True)
     except FxPruneError:
@@ -109,12 +119,13 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
     """
     state = state_of(prepared)
     plan = decide(prepared, state, threshold)
-    gm = copy.deepcopy(prepared)
+    gm = _copy_sharing_tensors(prepared, state)
     remove_branches(gm, state, plan)
     fold_masks_and_gates(gm, state, plan)
     slice_params(gm, state.index.params, plan, _conv_inputs(gm, state, plan))
     rewrite_sizes(gm, state, plan)
     _detach_fxprune(gm)
+    _unshare(gm, prepared)
     error = None
     if check and state.approximate:  # LayerNorms pruned on request: close, not equal
         error = verify.equivalence_error(prepared, gm, state.example_inputs, threshold)
@@ -125,6 +136,33 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
         error = verify.check(prepared, gm, state.example_inputs, threshold, dtype)
     gm.fxprune_equivalence_error = error
     return gm
+
+
+def _copy_sharing_tensors(prepared: torch.fx.GraphModule, state: PruneState) -> torch.fx.GraphModule:
+    """A copy of the prepared model's modules and graph that still shares its tensors and state.
+
+    Slicing and folding replace tensors instead of writing into them; :func:`_unshare` then
+    copies whatever is still shared, so each tensor is copied at most once.
+    """
+    memo = {id(state): state}
+    for t in list(prepared.parameters()) + list(prepared.buffers()):
+        memo[id(t)] = t
+    return copy.deepcopy(prepared, memo)
+
+
+def _unshare(gm: torch.nn.Module, prepared: torch.nn.Module) -> None:
+    """Give ``gm`` its own copy of every tensor it still shares with ``prepared``."""
+    shared = {id(t) for t in list(prepared.parameters()) + list(prepared.buffers())}
+    copies: dict = {}
+    for m in gm.modules():
+        for store in (m._parameters, m._buffers):
+            for name, t in store.items():
+                if t is not None and id(t) in shared:
+                    if id(t) not in copies:
+                        clone = t.detach().clone()
+                        copies[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) \
+                            if isinstance(t, nn.Parameter) else clone
+                    store[name] = copies[id(t)]
 
 
 def _conv_inputs(gm, state, plan) -> dict:

@@ -31,24 +31,43 @@ _PASS_THROUGH_METHODS = {"contiguous", "permute", "transpose", "reshape", "view"
 
 
 def can_fold_into(gm: torch.fx.GraphModule, consumer: torch.fx.Node, calls: dict) -> bool:
-    """Whether a mask's consumer is a layer, called once, whose input columns can absorb it."""
+    """Whether a mask's consumer is a layer, called once, whose untied input columns can absorb it."""
     return (consumer.op == "call_module" and calls.get(consumer.target, 0) == 1
-            and isinstance(gm.get_submodule(consumer.target), _MODULE_CONSUMERS))
+            and isinstance(gm.get_submodule(consumer.target), _MODULE_CONSUMERS)
+            and not _tied(gm, gm.get_submodule(consumer.target).weight))
+
+
+def _tied(gm: torch.fx.GraphModule, tensor: torch.Tensor) -> bool:
+    return sum(1 for m in gm.modules() for p in m._parameters.values() if p is tensor) > 1
+
+
+def rescale(owner: nn.Module, attr: str, factor) -> None:
+    """Replace ``owner.attr`` by ``owner.attr * factor``, as a new tensor.
+
+    finalize's copy of the model shares its tensors with the prepared model until they are
+    replaced, so a fold must never write into one.
+    """
+    old = getattr(owner, attr)
+    new = old.detach() * (factor.to(old.dtype) if isinstance(factor, torch.Tensor) else factor)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        owner._buffers[attr] = new
 
 
 def fold_into_consumer(gm: torch.fx.GraphModule, consumer: torch.fx.Node, vector: torch.Tensor) -> None:
     """Scale a layer's input columns by ``vector`` (over its input channels)."""
     m = gm.get_submodule(consumer.target)
-    w = m.weight.data
-    v = vector.to(w.dtype)
+    w = m.weight
     if isinstance(m, nn.Linear):
-        w.mul_(v.view(1, -1))
+        factor = vector.view(1, -1)
     elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        w.mul_(v.view(-1, *([1] * (w.dim() - 1))))
+        factor = vector.view(-1, *([1] * (w.dim() - 1)))
     else:
         groups, per_in = m.groups, w.shape[1]
-        out_per_group = w.shape[0] // groups
-        w.copy_((w.view(groups, out_per_group, per_in, -1) * v.view(groups, 1, per_in, 1)).view_as(w))
+        factor = vector.view(groups, per_in)[:, None, :].expand(groups, w.shape[0] // groups, per_in)
+        factor = factor.reshape(w.shape[0], per_in, *([1] * (w.dim() - 2)))
+    rescale(m, "weight", factor)
 
 
 def fold_gate(gm: torch.fx.GraphModule, out: torch.fx.Node, value: float, calls: dict) -> bool:
@@ -76,17 +95,17 @@ def _scaler(gm, node: torch.fx.Node, calls: dict) -> Optional[Callable[[float], 
                 return None
 
             def scale(value, m=m):
-                m.weight.data.mul_(value)
+                rescale(m, "weight", value)
                 if getattr(m, "bias", None) is not None:
-                    m.bias.data.mul_(value)
+                    rescale(m, "bias", value)
 
             return scale
     if node.op == "call_function" and node.target in (operator.mul, torch.mul):
         for arg in node.args:
             if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and len(arg.users) == 1:
                 owner, _, attr = arg.target.rpartition(".")
-                param = getattr(gm.get_submodule(owner) if owner else gm, attr)
-                return lambda value, p=param: p.data.mul_(value)
+                module = gm.get_submodule(owner) if owner else gm
+                return lambda value, m=module, a=attr: rescale(m, a, value)
     return None
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torchvision.models import swin_transformer
 
 from . import ops
-from .fold import can_fold_into, constant_multiply, fold_gate, fold_into_consumer, module_calls
+from .fold import can_fold_into, constant_multiply, fold_gate, fold_into_consumer, module_calls, rescale
 from .masks import role
 
 _REWRITERS: dict = {}
@@ -134,10 +134,11 @@ def _fold_mask(gm, node, state, plan, bank, calls) -> None:
     if bool((survivors == 1).all()):
         node.replace_all_uses_with(source)
     elif source.op == "get_attr":
-        param = getattr_path(gm, source.target)
-        shape = [1] * param.dim()
+        owner, _, attr = source.target.rpartition(".")
+        module = gm.get_submodule(owner) if owner else gm
+        shape = [1] * getattr(module, attr).dim()
         shape[site.dim] = -1
-        param.data.mul_(vector.view(shape).to(param.dtype))
+        rescale(module, attr, vector.view(shape))
         node.replace_all_uses_with(source)
     elif all(can_fold_into(gm, u, calls) for u in node.users):
         for u in node.users:

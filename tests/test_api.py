@@ -71,6 +71,14 @@ def test_finalize_leaves_the_prepared_model_as_it_was():
     assert all(torch.equal(v, pm.state_dict()[k]) for k, v in masks.items())
 
 
+def test_finalized_model_shares_no_tensor_with_the_prepared_one():
+    pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
+    zero_channels(pm, 0.25)
+    small = fxprune.finalize(pm)
+    prepared = {t.data_ptr() for t in list(pm.parameters()) + list(pm.buffers())}
+    assert not any(t.data_ptr() in prepared for t in list(small.parameters()) + list(small.buffers()))
+
+
 def test_kept_weights_whose_mask_is_one_come_out_bit_identical():
     model = net()
     pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))
