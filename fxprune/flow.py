@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -49,6 +50,7 @@ class ChannelFlow(torch.fx.Interpreter):
         self.layouts: dict[str, Any] = {}
         self.shapes: dict[str, Any] = {}
         self.params: dict[int, ParamRecord] = {}
+        self.params_by_node: dict[str, ParamRecord] = {}
         self.sites: dict[tuple, MaskSite] = {}
         self.memo: dict = {}
         self.barriers: list[Barrier] = []
@@ -114,7 +116,9 @@ class ChannelFlow(torch.fx.Interpreter):
         if n.op == "get_attr":
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 owner, _, attr = n.target.rpartition(".")
-                return self.param_layout(out, (owner, attr), None)
+                layout = self.param_layout(out, (owner, attr), None)
+                self.params_by_node[n.name] = self.params[id(out)]
+                return layout
             return empty_like(out)
         if n.op == "output":
             for leaf in pytree.tree_leaves([self.layouts.get(a.name) for a in n.all_input_nodes]):
@@ -182,6 +186,15 @@ class ChannelFlow(torch.fx.Interpreter):
                 record.roles.setdefault(d, role)
         return record.layout
 
+    def declare_roles(self, node: torch.fx.Node, roles: dict) -> None:
+        """Give the roles of a parameter read with get_attr and used by a functional op."""
+        while node.name not in self.params_by_node and _is_slicing(node):
+            node = node.args[0]  # a chunk or split of a parameter keeps its dimensions
+        record = self.params_by_node.get(node.name)
+        if record is not None:
+            for d, role in roles.items():
+                record.roles.setdefault(d, role)
+
     def add_site(self, source: torch.fx.Node, dim: int, consumer: torch.fx.Node) -> None:
         """Record that ``consumer`` mixes the channels of ``source`` along ``dim``."""
         key = (source.name, dim)
@@ -211,3 +224,13 @@ def _matches(lay, out) -> bool:
         return isinstance(lay, (tuple, list)) and len(lay) == len(out) and all(
             _matches(a, b) for a, b in zip(lay, out))
     return True
+
+
+def _is_slicing(node: torch.fx.Node) -> bool:
+    """A chunk, split or getitem of a tensor (or of its pieces), which keeps every dimension."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.op == "call_method":
+        return node.target in ("chunk", "split", "tensor_split")
+    return node.op == "call_function" and node.target in (operator.getitem, torch.chunk, torch.split,
+                                                           torch.tensor_split)

@@ -140,7 +140,9 @@ def swin_window_attention(ctx: RuleContext):
     The query/key head-dims stay (Swin V2 normalises over them). Masks go on the
     columns of the output projection, which see every head and value channel.
     """
-    x, w_qkv, w_proj = ctx.layout(0, "input"), ctx.layout(1, "qkv_weight"), ctx.layout(2, "proj_weight")
+    x = ctx.layout(0, "input")
+    w_qkv = ctx.param_arg(1, "qkv_weight", {0: "out", 1: "in"})
+    w_proj = ctx.param_arg(2, "proj_weight", {0: "out", 1: "in"})
     num_heads = ctx.arg(5, "num_heads")
     channels = x[-1].shape[0]
     head_dim = channels // num_heads
@@ -160,7 +162,7 @@ def swin_window_attention(ctx: RuleContext):
     ctx.unify(w_proj[1], v_rows)
     ctx.consume(2, 1, "proj_weight")
     for index, name, dim_self in ((9, "qkv_bias", w_qkv[0]), (10, "proj_bias", w_proj[0])):
-        bias = ctx.layout(index, name)
+        bias = ctx.param_arg(index, name, {0: "out"})
         if bias is not None:
             ctx.unify(bias[0], dim_self)
     bias = ctx.layout(3, "relative_position_bias")

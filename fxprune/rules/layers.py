@@ -42,8 +42,8 @@ def conv_module(ctx: RuleContext):
 @rule(F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
 def conv_function(ctx: RuleContext):
     transposed = ctx.node.target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-    w = ctx.layout(1, "weight")
-    b = ctx.layout(2, "bias")
+    w = ctx.param_arg(1, "weight", {1: "out", 0: "in"} if transposed else {0: "out", 1: "in"})
+    b = ctx.param_arg(2, "bias", {0: "out"})
     groups = ctx.arg(6, "groups", 1)
     return conv_flow(ctx, w, b, groups, transposed, key=(ctx.arg_node(1, "weight"), "groups"))
 
@@ -98,7 +98,8 @@ def linear_module(ctx: RuleContext):
 
 @rule(F.linear)
 def linear_function(ctx: RuleContext):
-    return linear_flow(ctx, ctx.layout(1, "weight"), ctx.layout(2, "bias"))
+    w = ctx.param_arg(1, "weight", {0: "out", 1: "in"})
+    return linear_flow(ctx, w, ctx.param_arg(2, "bias", {0: "out"}))
 
 
 def linear_flow(ctx: RuleContext, w, b):

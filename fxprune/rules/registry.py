@@ -174,6 +174,14 @@ class RuleContext:
                 self.unify(lay[d], other)
         return lay
 
+    def param_arg(self, index: int, name: str, roles: dict) -> Optional[Layout]:
+        """The layout of a weight passed to a functional op, with its roles recorded when
+        the weight is a parameter of the model (read with get_attr, perhaps chunked)."""
+        n = self.arg_node(index, name)
+        if n is not None:
+            self.flow.declare_roles(n, roles)
+        return self.layout(index, name)
+
     def memo(self, key, make: Callable[[], Any]):
         """A value computed once per key (e.g. the group factor of a shared conv)."""
         memo = self.flow.memo
