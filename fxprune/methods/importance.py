@@ -59,6 +59,19 @@ def channel_importance(pm, importance: str = "l1", seed: int = 0) -> np.ndarray:
     return np.sqrt(scores) if power == 2 else scores
 
 
+def relative_to_group(pm, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the mean score of their group, so that groups of different scale
+    (layers with larger or smaller weights) can be ranked together."""
+    group_of = state_of(pm).index.group_of
+    out = np.asarray(scores, dtype=np.float64).copy()
+    valid = group_of >= 0
+    sums = np.bincount(group_of[valid], weights=out[valid])
+    means = sums / np.maximum(np.bincount(group_of[valid]), 1)
+    means[means <= 0] = 1.0
+    out[valid] /= means[group_of[valid]]
+    return out
+
+
 def _accumulate(n: int, slices: list, power: int) -> np.ndarray:
     """Per channel, the sum over the given slices of ``|w|`` (power 1) or ``w**2`` (power 2)."""
     out = torch.zeros(n, dtype=torch.float64)
