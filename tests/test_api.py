@@ -259,3 +259,30 @@ def test_cuda():
     zero_channels(pm, 0.5)
     small = assert_finalized_equals_masked(pm)
     assert small.conv1.weight.is_cuda
+
+
+class TwoInTwoOut(nn.Module):
+    """Two inputs joined by a residual add, a tuple of two outputs (one of them mid-network)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(5, 6, 1)
+        self.mid = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x, y):
+        h = torch.relu(self.a(x) + self.b(y))
+        return self.head(torch.relu(self.mid(h))), h.mean((2, 3))
+
+
+def test_several_inputs_and_outputs():
+    x, y = torch.randn(2, 3, 6, 6), torch.randn(2, 5, 6, 6)
+    pm = fxprune.prepare(randomize(TwoInTwoOut()), (x, y))
+    groups = fxprune.channel_groups(pm)
+    assert len(groups) == 1  # mid's outputs; h reaches an output and stays whole
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    out, h = small(x, y)
+    assert out.shape == (2, 2, 6, 6) and h.shape == (2, 6)
+    assert small.mid.out_channels == 3 and small.a.out_channels == 6
