@@ -19,6 +19,7 @@ number of further epochs, so all rows have the same total epochs):
    - ``tp``: Torch-Pruning's GroupNormPruner (when ``torch_pruning`` is installed):
      ``sparse_epochs`` of its group regulariser, pruned to the target, fine-tuned;
    - ``epfs-blocks``: EPFS with block pruning only (branch gates), for ResNets.
+   - ``epfs-filters``: EPFS with filter pruning only (channel masks; no branch gates).
 
 Every pruned row is measured on its finalized model: top-1 on the 10,000 test images,
 MACs and parameters (``fxprune.count``).
@@ -80,7 +81,7 @@ PROTOCOLS = {
     "quick": Protocol(dense_epochs=6, method_epochs=4, sparse_epochs=2),
     "full": Protocol(dense_epochs=160, method_epochs=80, sparse_epochs=40),
 }
-METHODS = ("dense", "epfs", "oicsr", "l1", "slimming", "tp", "epfs-blocks")
+METHODS = ("dense", "epfs", "epfs-filters", "oicsr", "l1", "slimming", "tp", "epfs-blocks")
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -150,12 +151,12 @@ def run_dense(model, loaders, proto, target, args):
     return model, proto.method_epochs, {}
 
 
-def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False):
+def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, filters_only: bool = False):
     x = example(loaders)
     pm = fxprune.prepare(model, x)
     epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
-                        filters=not blocks_only, blocks=bool(fxprune.branches(pm)))
+                        filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only)
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
           extra_optimizers={"masks": epfs.optimizer}, progress=args.progress)
@@ -236,7 +237,8 @@ def example(loaders):
 
 
 RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l1, "slimming": run_slimming,
-           "tp": run_tp, "epfs-blocks": lambda *a: run_epfs(*a, blocks_only=True)}
+           "tp": run_tp, "epfs-blocks": lambda *a: run_epfs(*a, blocks_only=True),
+           "epfs-filters": lambda *a: run_epfs(*a, filters_only=True)}
 
 
 # -- the benchmark -----------------------------------------------------------------------------------
