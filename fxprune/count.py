@@ -39,11 +39,16 @@ def count(model: nn.Module, example_inputs) -> Count:
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     training = {m: m.training for m in model.modules()}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
     try:
+        # nn.MultiheadAttention's fused inference path is invisible to the flop counter:
+        # turn it off so that its projections are counted like any linear layer.
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, mode in training.items():
             m.training = mode
     seen = set()

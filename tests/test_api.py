@@ -286,3 +286,22 @@ def test_several_inputs_and_outputs():
     out, h = small(x, y)
     assert out.shape == (2, 2, 6, 6) and h.shape == (2, 6)
     assert small.mid.out_channels == 3 and small.a.out_channels == 6
+
+
+def test_count_sees_the_projections_of_multihead_attention():
+    attention = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    macs = fxprune.count(_SelfAttention(attention), x).macs
+    projections = 2 * 5 * 16 * (3 * 16 + 16)
+    assert macs >= projections
+    pm = fxprune.prepare(_SelfAttention(attention), x)
+    assert fxprune.count(fxprune.finalize(pm), x).macs == macs  # the lowered graph counts the same
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
