@@ -84,6 +84,7 @@ class EPFS:
         self.pm = pm
         self.l2 = l2 if filters else 0.0
         self.filters, self.blocks = filters, blocks
+        self.macs_weighted = macs_weighted
         groups = []
         if filters:
             weights = self._mask_weights() if macs_weighted else None
@@ -132,9 +133,11 @@ class EPFS:
         """End training and decide what goes.
 
         Without ``target`` the zeros FISTA reached are what finalize removes. With a MACs
-        reduction ``target`` the structures are ranked by mask magnitude per unit of cost
-        (channels and, with block pruning, branches together) and the lowest are removed
-        until the finalized model's measured MACs fall by ``target`` (within one channel).
+        reduction ``target`` the structures (channels and, with block pruning, branches
+        together) are ranked with their cost counted once: with ``macs_weighted`` the
+        penalty already pushed costly structures harder, so they rank by mask magnitude;
+        without it, by magnitude per unit of cost. The lowest are removed until the
+        finalized model's measured MACs fall by ``target`` (within one channel).
         """
         self.finish()
         self._keep_one_per_group()
@@ -142,6 +145,8 @@ class EPFS:
             return None
         cost = np.maximum(channel_macs(self.pm), 1e-12)
         scale = cost.mean()
+        if self.macs_weighted:  # the penalty's weights already carry the cost: count it once
+            cost = np.full_like(cost, scale)
         index = state_of(self.pm).index
         magnitude = np.zeros(index.group_of.size)
         for gi, g in enumerate(index.groups):
@@ -151,8 +156,8 @@ class EPFS:
         gate_scores = None
         if self.blocks:
             bcost = branch_macs(self.pm)
-            gate_scores = {b: float(self.pm.fxprune.gates[b].detach().abs()) / max(c / scale, 1e-12)
-                           for b, c in bcost.items()}
+            gate_scores = {b: float(self.pm.fxprune.gates[b].detach().abs())
+                           / (1.0 if self.macs_weighted else max(c / scale, 1e-12)) for b, c in bcost.items()}
         return prune_to_macs(self.pm, target, channel_scores, gate_scores)
 
     def _keep_one_per_group(self) -> None:
