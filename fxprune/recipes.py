@@ -63,8 +63,9 @@ def train_phase(name: str, model: torch.nn.Module, train: Iterable, test: Option
         total = epfs.loss(targets) if epfs is not None else outputs.new_zeros(())
         return total + penalty() if penalty is not None else total
 
-    trainer = Trainer(model, opt, sched, progress=progress, epoch_hooks=[record],
-                      extra_loss=extra_loss if (epfs is not None or penalty is not None) else None,
+    sparse = epfs is not None or penalty is not None
+    trainer = Trainer(model, opt, sched, progress=progress, epoch_hooks=[record], recalibrate_bn=20 if sparse else 0,
+                      extra_loss=extra_loss if sparse else None,
                       extra_optimizers={"masks": epfs.optimizer} if epfs is not None else None)
     trainer.fit(train, test, epochs)
     return history

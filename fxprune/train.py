@@ -84,6 +84,55 @@ def evaluate(model: nn.Module, loader: Iterable, device: Optional[torch.device] 
     return correct / total
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, num_batches: int = 20,
+                   device: Optional[torch.device] = None) -> int:
+    """Re-estimate every BatchNorm's running statistics from ``num_batches`` training batches.
+
+    Sparse training shrinks masks that feed a convolution followed by BatchNorm; in
+    training mode BatchNorm cancels a group's common scale, so the masks can move fast,
+    and the running statistics (an exponential average) lag behind them. The model then
+    trains well but evaluates badly. This resets the statistics and accumulates a plain
+    average over the given batches (no gradients, no parameter changes).
+
+    Args:
+        model: any model; one without BatchNorm is left alone.
+        batches: an iterable of ``(inputs, targets)`` (targets are ignored).
+        num_batches: how many batches to average over.
+        device: where to move the batches; defaults to the model's device.
+
+    Returns:
+        The number of BatchNorm layers recalibrated.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2)
+        >>> recalibrate_bn(bn, [(torch.tensor([[1.0, 4.0], [3.0, 8.0]]), None)])
+        1
+        >>> bn.running_mean
+        tensor([2., 6.])
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    device = device or _model_device(model)
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches seen
+    model.train()
+    try:
+        for i, (inputs, _) in enumerate(batches):
+            if i >= num_batches:
+                break
+            model(inputs.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 def latest_checkpoint(directory: os.PathLike) -> Optional[Path]:
     """The ``epoch_NNNN.pt`` with the largest epoch in ``directory``, or ``None``.
 
@@ -120,6 +169,9 @@ class Trainer:
         keep_last: keep only this many newest checkpoints (``None``: keep all).
         progress: show tqdm progress bars.
         device: where batches go; defaults to the model's device.
+        recalibrate_bn: before each evaluation, re-estimate BatchNorm statistics from this
+            many training batches (:func:`recalibrate_bn`); 0 leaves them as training left them.
+            Worth it while masks are being sparsified.
 
     Example:
         >>> model = nn.Linear(4, 2)
@@ -147,6 +199,7 @@ class Trainer:
         keep_last: Optional[int] = None,
         progress: bool = True,
         device: Optional[torch.device] = None,
+        recalibrate_bn: int = 0,
     ):
         if scheduler_interval not in ("batch", "epoch"):
             raise FxPruneError(f"scheduler_interval must be 'batch' or 'epoch', got {scheduler_interval!r}")
@@ -164,6 +217,7 @@ class Trainer:
         self.keep_last = keep_last
         self.progress = progress
         self.device = device or _model_device(model)
+        self.recalibrate_bn = recalibrate_bn
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.history: list[dict] = []
@@ -192,6 +246,8 @@ class Trainer:
         while self.epoch < epochs:
             metrics = self.train_epoch(train_data)
             start = time.perf_counter()
+            if self.recalibrate_bn and test_data is not None:
+                recalibrate_bn(self.model, train_data, self.recalibrate_bn, self.device)
             metrics["test_top1"] = evaluate(self.model, test_data, self.device) if test_data is not None else None
             metrics["eval_seconds"] = time.perf_counter() - start
             self.epoch += 1

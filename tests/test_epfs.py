@@ -92,3 +92,26 @@ def test_epfs_needs_something_to_prune():
     pm = fxprune.prepare(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)), torch.randn(1, 3, 4, 4))
     with pytest.raises(fxprune.FxPruneError, match="no removable residual branch"):
         fxprune.EPFS(pm, blocks=True, filters=False)
+
+
+def test_epfs_budget_ranks_a_mask_against_its_own_group():
+    """A group whose masks all shrank together (BatchNorm downstream cancels their common
+    scale) is not pruned before a lone weak channel of a group at full scale."""
+    torch.manual_seed(0)
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, blocks=False)
+    names = [g for g in pm.fxprune.masks if pm.fxprune.masks[g].numel() == 16]
+    shrunk, weak = names[0], names[1]
+    with torch.no_grad():
+        pm.fxprune.masks[shrunk].mul_(0.1)
+        pm.fxprune.masks[weak][3] = 0.5
+    result = epfs.prune(target=0.02)
+    assert float(pm.fxprune.masks[weak][3]) == 0.0
+    assert bool((pm.fxprune.masks[shrunk] != 0).all())
+    assert result.reduction >= 0.02
+
+
+def test_epfs_restarts_fista_momentum_by_default():
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    assert all(g["restart"] == "gradient" for g in fxprune.EPFS(pm).optimizer.param_groups)
+    assert all(g["restart"] is None for g in fxprune.EPFS(pm, restart=None).optimizer.param_groups)

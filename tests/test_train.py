@@ -127,3 +127,23 @@ def test_a_traced_graph_module_trains_and_resumes_like_any_module(tmp_path):
     state = torch.load(tmp_path / "epoch_0001.pt", weights_only=True)
     assert state["model"].keys() == model.state_dict().keys()
     assert torch.equal(state["model"]["gate"], model.gate)
+
+
+def test_recalibrate_bn_replaces_stale_statistics_with_the_batches_average():
+    from fxprune.train import recalibrate_bn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model.eval()
+    with torch.no_grad():
+        model[1].running_mean.fill_(100.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [(torch.randn(16, 3), None) for _ in range(4)]
+    assert recalibrate_bn(model, batches, num_batches=3) == 1
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in batches[:3]]
+    expected_mean = torch.stack([f.mean(0) for f in feats]).mean(0)
+    expected_var = torch.stack([f.var(0, unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected_mean)
+    torch.testing.assert_close(model[1].running_var, expected_var)
+    assert model[1].momentum == 0.1 and not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())

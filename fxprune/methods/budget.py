@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..api import finalize
+from ..cost import branch_macs, channel_macs
 from ..count import count
 from ..errors import FxPruneError
 from ..state import state_of
@@ -134,17 +135,44 @@ def prune_to_macs(pm, target: float, channel_scores: Optional[np.ndarray], gate_
         if apply(prefix + rest[:j]) >= target:
             chosen = prefix + rest[:j]
     if chosen and apply(chosen) - target > tolerance:
-        # overshot by more than the tolerance: try finishing with one cheaper candidate instead
-        prefix = chosen[:-1]
-        for candidate in order[len(chosen): len(chosen) + _SCAN]:
-            if target <= apply(prefix + [candidate]) <= target + tolerance:
-                chosen = prefix + [candidate]
-                break
+        # overshot by more than the tolerance (the last candidate was costly, a channel of a
+        # wide residual stream say): finish instead with the next candidates in rank order
+        # that are small enough to fit, skipping those that would overshoot
+        chosen = _fill(chosen, order, target, tolerance, apply, _estimated_costs(pm, before)) or chosen
     reduction = apply(chosen)
     after = before - round(reduction * before)
     gates = [n for n, g in pm.fxprune.gates.items() if float(g.detach()) == 0.0]
     channels = sum(int((m == 0).sum()) for m in pm.fxprune.masks.values())
     return BudgetResult(target, reduction, before, after, channels, gates)
+
+
+def _fill(chosen: list, order: list, target: float, tolerance: float, apply, cost: dict) -> Optional[list]:
+    """``chosen`` less its last item, then lower-ranked candidates whose estimated cost fits
+    the remaining gap, until the measured reduction lies in ``[target, target + tolerance]``;
+    None if that does not happen within ``_SCAN`` measurements."""
+    prefix = list(chosen[:-1])
+    current = apply(prefix)
+    tries = 0
+    for candidate in order[len(chosen):]:
+        if tries >= _SCAN:
+            break
+        if cost.get(candidate, 0.0) * (1.0 - current) > target + tolerance - current:
+            continue  # too costly even if it shrank with the rest of the model
+        tries += 1
+        value = apply(prefix + [candidate])
+        if value <= target + tolerance:
+            prefix.append(candidate)
+            current = value
+            if current >= target:
+                return prefix
+    return None
+
+
+def _estimated_costs(pm, before: int) -> dict:
+    """candidate -> the share of the unpruned MACs it takes part in (an estimate)."""
+    out = {("mask", cid): float(c) / before for cid, c in enumerate(channel_macs(pm).tolist())}
+    out.update({("gate", name): float(c) / before for name, c in branch_macs(pm).items()})
+    return out
 
 
 def _ranking(index, channel_scores: np.ndarray, gate_scores: dict) -> list:

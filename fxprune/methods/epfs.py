@@ -51,7 +51,7 @@ from .budget import BudgetResult, prune_to_macs
 from .center_loss import CenterLoss
 from .features import FeatureTap
 from .fista import FISTA
-from .importance import channel_importance
+from .importance import channel_importance, relative_to_group
 
 
 class EPFS:
@@ -70,12 +70,16 @@ class EPFS:
         blocks: train (and prune) branch gates.
         macs_weighted: weight each penalty by the MACs its structure controls.
         classifier: module path of the classifier for Center Loss; found when None.
+        restart: FISTA's momentum restart (see :class:`FISTA`). The default, O'Donoghue and
+            Candes' gradient restart, keeps the momentum from building up over the thousands
+            of noisy minibatch steps of a training run, where plain Beck-Teboulle momentum
+            (``None``) tends to 1 and makes the masks oscillate.
     """
 
     def __init__(self, pm, lr: float = 0.01, l1: float = 1e-4, l2: float = 1e-4, gate_l1: Optional[float] = None,
                  center: float = 0.0, num_classes: Optional[int] = None, center_alpha: float = 0.5,
                  filters: bool = True, blocks: bool = True, macs_weighted: bool = True,
-                 classifier: Optional[str] = None):
+                 classifier: Optional[str] = None, restart="gradient"):
         if not (filters or blocks):
             raise FxPruneError("EPFS needs filters=True, blocks=True or both", hint="pick what to prune")
         if blocks and not gate_parameters(pm):
@@ -93,7 +97,7 @@ class EPFS:
             weights = self._gate_weights() if macs_weighted else None
             groups.append({"params": gate_parameters(pm), "lam": l1 if gate_l1 is None else gate_l1,
                            "weights": weights})
-        self.optimizer = FISTA(groups, lr=lr)
+        self.optimizer = FISTA(groups, lr=lr, restart=restart)
         self.center_weight = center
         self.center_loss = None
         self.tap = None
@@ -134,25 +138,30 @@ class EPFS:
 
         Without ``target`` the zeros FISTA reached are what finalize removes. With a MACs
         reduction ``target`` the structures (channels and, with block pruning, branches
-        together) are ranked with their cost counted once: with ``macs_weighted`` the
-        penalty already pushed costly structures harder, so they rank by mask magnitude;
-        without it, by magnitude per unit of cost. The lowest are removed until the
-        finalized model's measured MACs fall by ``target`` (within one channel).
+        together) are ranked and the lowest removed until the finalized model's measured
+        MACs fall by ``target`` (within one channel). A channel ranks by its mask's magnitude
+        relative to the mean of its group (BatchNorm after the next layer makes a group's
+        common scale meaningless); a branch by its gate's magnitude. Cost counts once: with
+        ``macs_weighted`` the penalty already pushed costly structures harder; without it
+        the scores are divided by the MACs each structure controls.
         """
         self.finish()
         self._keep_one_per_group()
         if target is None:
             return None
-        cost = np.maximum(channel_macs(self.pm), 1e-12)
-        scale = cost.mean()
-        if self.macs_weighted:  # the penalty's weights already carry the cost: count it once
-            cost = np.full_like(cost, scale)
         index = state_of(self.pm).index
         magnitude = np.zeros(index.group_of.size)
         for gi, g in enumerate(index.groups):
             members = index.group_of == gi
             magnitude[members] = self.pm.fxprune.masks[g.name].detach().abs().cpu().numpy()[index.position[members]]
-        channel_scores = magnitude / (cost / scale) if self.filters else None
+        # A mask that feeds a convolution followed by BatchNorm is scale-invariant in training:
+        # the whole group can shrink at no cost, at a pace set by its penalty weight, not by
+        # its importance. Only a mask's size relative to its group carries information.
+        channel_scores = relative_to_group(self.pm, magnitude) if self.filters else None
+        cost = np.maximum(channel_macs(self.pm), 1e-12)
+        scale = cost.mean()
+        if channel_scores is not None and not self.macs_weighted:
+            channel_scores = channel_scores / (cost / scale)
         gate_scores = None
         if self.blocks:
             bcost = branch_macs(self.pm)
