@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torchvision.models import swin_transformer
 
 from . import ops
+from .channels import has_atoms
 from .fold import can_fold_into, constant_multiply, fold_gate, fold_into_consumer, module_calls, rescale
 from .masks import role
 
@@ -195,19 +196,67 @@ def rewrite_sizes(gm: torch.fx.GraphModule, state, plan) -> None:
 
 @rewriter("view", "reshape", torch.reshape, "expand")
 def _shape_args(gm, node, sizes: Sizes) -> None:
+    """Baked sizes that changed become the new ones; so do sizes computed from a channel count.
+
+    ``n, c, h, w = x.shape; x.view(n, 2, c // 2, h, w)`` computes ``c // 2`` at run time
+    from the pruned ``c``, which need not give the kept layout's size (two groups of one
+    channel each, one of them pruned: ``c // 2`` is 0). Such an entry is replaced by the
+    size the layouts say; entries read from dimensions without channels (the batch, the
+    resolution) stay computed, so the model still takes other batch sizes and resolutions.
+    """
     old, new = sizes.old(node.name), sizes.new(node.name)
-    if old == new:
-        return
     if node.target is torch.reshape:
         entries, rebuild = list(node.args[1]), lambda e: (node.args[0], tuple(e))
     elif len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
         entries, rebuild = list(node.args[1]), lambda e: (node.args[0], tuple(e))
     else:
         entries, rebuild = list(node.args[1:]), lambda e: (node.args[0], *e)
+    changed = False
     for i, (o, n) in enumerate(zip(old, new)):
-        if o != n and entries[i] != -1:
+        if (o != n and not _is_minus_one(entries[i])) or _reads_channel_count(entries[i], sizes):
+            changed |= entries[i] != n
             entries[i] = n
-    node.args = rebuild(entries)
+    if changed:
+        node.args = rebuild(entries)
+
+
+def _is_minus_one(entry) -> bool:
+    return isinstance(entry, int) and entry == -1
+
+
+_SIZE_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                    operator.neg, operator.pow, int, math.floor, math.ceil)
+
+
+def _reads_channel_count(entry, sizes: Sizes) -> bool:
+    """Whether ``entry`` is a graph value computed from the size of a dimension that has channels."""
+    if not isinstance(entry, torch.fx.Node):
+        return False
+    read = _size_read(entry)
+    if read is not None:
+        source, dim = read
+        lay = sizes.layout(source.name)
+        if not isinstance(lay, tuple) or not all(isinstance(d, np.ndarray) for d in lay):
+            return False
+        dims = range(len(lay)) if dim is None else [dim % len(lay)]
+        return any(has_atoms(lay[a]) for a in dims)
+    if entry.op == "call_function" and entry.target in _SIZE_ARITHMETIC:
+        return any(_reads_channel_count(a, sizes) for a in entry.all_input_nodes)
+    return False
+
+
+def _size_read(node: torch.fx.Node):
+    """``(tensor node, dim)`` for ``x.shape[d]``, ``x.size()[d]``, ``x.size(d)``; dim None for a whole shape."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return (node.args[0], dim) if isinstance(node.args[0], torch.fx.Node) else None
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
+        return (node.args[0], None) if isinstance(node.args[0], torch.fx.Node) else None
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+        whole = _size_read(node.args[0])
+        if whole is not None and whole[1] is None and isinstance(node.args[1], int):
+            return (whole[0], node.args[1])
+    return None
 
 
 @rewriter(torch.split, "split", "split_with_sizes", torch.chunk, "chunk")

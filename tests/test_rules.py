@@ -180,6 +180,36 @@ def test_channel_shuffle_ties_the_same_position_of_both_halves():
     assert small.a.out_channels == small.b.out_channels == 3
 
 
+class ConvShuffle(nn.Module):
+    """One conv's channels shuffled in two groups, with the group size computed at run time."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 1)
+        self.out = nn.Conv2d(channels, 2, 1)
+
+    def forward(self, x):
+        y = F.gelu(self.conv(x))
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.out(y)
+
+
+@pytest.mark.parametrize("channels", [2, 4, 6])
+def test_channel_shuffle_sizes_computed_from_the_channel_count_follow_the_kept_layout(channels):
+    # Found by the long fuzz run: with two channels and one pruned, the model's own ``c // 2``
+    # is 0; with whole groups pruned, ``c // 2`` halves the wrong factor.
+    x = torch.randn(2, 3, 4, 4)
+    model = randomize(ConvShuffle(channels))
+    for name in fxprune.prepare(model, x).fxprune.masks:
+        pm = fxprune.prepare(model, x)
+        with torch.no_grad():
+            pm.fxprune.masks[name][0] = 0
+        small = assert_finalized_equals_masked(pm)
+        assert small.conv.out_channels == small.out.in_channels < channels
+        assert small(torch.randn(3, 3, 6, 5)).shape == (3, 2, 6, 5)  # batch and resolution stay free
+
+
 class Depthwise(nn.Module):
     def __init__(self, groups):
         super().__init__()
