@@ -8,6 +8,20 @@ as a plain constant multiply, never as an fxprune module:
 
     mask(x) ── conv         ->  x ── conv'    (conv'.weight[:, c] = conv.weight[:, c] * m[c])
     bn ── *gate ── add      ->  bn' ── add    (bn'.weight = g * bn.weight, bn'.bias = g * bn.bias)
+
+Where the layer feeds a BatchNorm, the masks' common scale ``s`` (their largest surviving
+magnitude) goes into the BatchNorm's statistics instead of the layer's weight:
+
+    mask(x) ── conv ── bn   ->  x ── conv' ── bn'   conv'.weight[:, c] = conv.weight[:, c] * m[c] / s
+                                                    conv'.bias = conv.bias / s
+                                                    bn'.running_mean = mean / s, running_var = var / s**2,
+                                                    bn'.eps = eps / s**2
+
+Both are exact, in eval and in train mode (batch statistics scale the same way). The
+second matters for what comes after finalize: l1 shrinks whole groups of masks together
+(a conv followed by BatchNorm does not see the common scale), and a weight shrunk by
+``s`` in front of BatchNorm trains with its learning rate effectively multiplied by
+``1 / s**2`` when the pruned model is fine-tuned.
 """
 
 from __future__ import annotations
@@ -35,6 +49,31 @@ def can_fold_into(gm: torch.fx.GraphModule, consumer: torch.fx.Node, calls: dict
     return (consumer.op == "call_module" and calls.get(consumer.target, 0) == 1
             and isinstance(gm.get_submodule(consumer.target), _MODULE_CONSUMERS)
             and not _tied(gm, gm.get_submodule(consumer.target).weight))
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def norm_after(gm: torch.fx.GraphModule, layer: torch.fx.Node, calls: dict) -> Optional[nn.Module]:
+    """The BatchNorm, called once, that is the only user of ``layer``'s output; else None."""
+    if len(layer.users) != 1:
+        return None
+    user = next(iter(layer.users))
+    if user.op != "call_module" or calls.get(user.target, 0) != 1:
+        return None
+    m = gm.get_submodule(user.target)
+    return m if isinstance(m, _BATCH_NORMS) else None
+
+
+def fold_scale_into_norm(gm: torch.fx.GraphModule, consumer: torch.fx.Node, norm: nn.Module, scale: float) -> None:
+    """Divide ``consumer``'s output by ``scale`` and make ``norm`` undo it (see the module's doc)."""
+    m = gm.get_submodule(consumer.target)
+    if m.bias is not None:
+        rescale(m, "bias", 1.0 / scale)
+    if norm.running_mean is not None:
+        rescale(norm, "running_mean", 1.0 / scale)
+        rescale(norm, "running_var", 1.0 / scale**2)
+    norm.eps = norm.eps / scale**2
 
 
 def _tied(gm: torch.fx.GraphModule, tensor: torch.Tensor) -> bool:

@@ -23,7 +23,8 @@ from torchvision.models import swin_transformer
 
 from . import ops
 from .channels import has_atoms
-from .fold import can_fold_into, constant_multiply, fold_gate, fold_into_consumer, module_calls, rescale
+from .fold import (can_fold_into, constant_multiply, fold_gate, fold_into_consumer, fold_scale_into_norm, module_calls,
+                   norm_after, rescale)
 from .masks import role
 
 _REWRITERS: dict = {}
@@ -142,8 +143,14 @@ def _fold_mask(gm, node, state, plan, bank, calls) -> None:
         rescale(module, attr, vector.view(shape))
         node.replace_all_uses_with(source)
     elif all(can_fold_into(gm, u, calls) for u in node.users):
+        common = float(survivors.abs().max())  # below 1, no surviving mask is 1: those columns stay bit-identical
         for u in node.users:
-            fold_into_consumer(gm, u, vector)
+            norm = norm_after(gm, u, calls) if 0.0 < common < 1.0 else None
+            if norm is not None:
+                fold_into_consumer(gm, u, vector / common)
+                fold_scale_into_norm(gm, u, norm, common)
+            else:
+                fold_into_consumer(gm, u, vector)
         node.replace_all_uses_with(source)
     else:
         ndim = len(state.shapes[site.source])

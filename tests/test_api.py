@@ -91,6 +91,27 @@ def test_kept_weights_whose_mask_is_one_come_out_bit_identical():
     assert torch.equal(small.bn1.running_var, model.bn1.running_var[keep])
 
 
+def test_masks_shrunk_together_fold_their_common_scale_into_the_next_batchnorm():
+    # l1 shrinks a group's masks together; folded into conv2's weight, a scale of 0.05 in
+    # front of bn2 would multiply conv2's effective learning rate by 400 in fine-tuning.
+    model = net()
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        for mask in pm.fxprune.masks.values():
+            mask.copy_(torch.linspace(0.01, 0.05, mask.numel()))
+            mask[0] = 0
+    small = assert_finalized_equals_masked(pm)
+    # conv2's input column with the largest mask keeps its weights; bn2 carries the scale
+    assert torch.equal(small.conv2.weight[:, -1], model.conv2.weight[1:, -1])  # channel 0 of the group went
+    assert small.bn2.eps == pytest.approx(model.bn2.eps / 0.05**2)
+    # exact in train mode too: same outputs, and the running statistics stay in step
+    x = torch.randn(4, 3, 8, 8)
+    masked, pruned = copy.deepcopy(pm).train(), copy.deepcopy(small).train()
+    torch.testing.assert_close(pruned(x), masked(x), rtol=1e-4, atol=1e-5)
+    masked.eval(), pruned.eval()
+    torch.testing.assert_close(pruned(x), masked(x), rtol=1e-4, atol=1e-5)
+
+
 def test_threshold_removes_small_masks_and_rejects_nonsense():
     pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
     with torch.no_grad():
