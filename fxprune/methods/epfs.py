@@ -141,7 +141,8 @@ class EPFS:
         together) are ranked and the lowest removed until the finalized model's measured
         MACs fall by ``target`` (within one channel). A channel ranks by its mask's magnitude
         relative to the mean of its group (BatchNorm after the next layer makes a group's
-        common scale meaningless); a branch by its gate's magnitude. Cost counts once: with
+        common scale meaningless); a branch by its gate's magnitude relative to the mean
+        gate, so that both are on one scale. Cost counts once: with
         ``macs_weighted`` the penalty already pushed costly structures harder; without it
         the scores are divided by the MACs each structure controls.
         """
@@ -158,15 +159,21 @@ class EPFS:
         # the whole group can shrink at no cost, at a pace set by its penalty weight, not by
         # its importance. Only a mask's size relative to its group carries information.
         channel_scores = relative_to_group(self.pm, magnitude) if self.filters else None
-        cost = np.maximum(channel_macs(self.pm), 1e-12)
-        scale = cost.mean()
-        if channel_scores is not None and not self.macs_weighted:
-            channel_scores = channel_scores / (cost / scale)
+        # Gates are ranked the same way, relative to the mean gate: the penalty shrinks them
+        # all, and channels and branches must share one scale to be ranked together.
         gate_scores = None
         if self.blocks:
-            bcost = branch_macs(self.pm)
-            gate_scores = {b: float(self.pm.fxprune.gates[b].detach().abs())
-                           / (1.0 if self.macs_weighted else max(c / scale, 1e-12)) for b, c in bcost.items()}
+            gates = {b: float(g.detach().abs()) for b, g in self.pm.fxprune.gates.items()}
+            mean = np.mean(list(gates.values())) if gates else 0.0
+            gate_scores = {b: v / mean if mean > 0 else v for b, v in gates.items()}
+        if not self.macs_weighted:  # cost counts once: a weighted penalty already pushed costly structures harder
+            cost = np.maximum(channel_macs(self.pm), 1e-12)
+            scale = cost.mean()
+            if channel_scores is not None:
+                channel_scores = channel_scores / (cost / scale)
+            if gate_scores is not None:
+                bcost = branch_macs(self.pm)
+                gate_scores = {b: v / max(bcost.get(b, 0.0) / scale, 1e-12) for b, v in gate_scores.items()}
         return prune_to_macs(self.pm, target, channel_scores, gate_scores)
 
     def _keep_one_per_group(self) -> None:
