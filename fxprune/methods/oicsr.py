@@ -14,10 +14,19 @@ Penalty (group lasso over out-in groups), with optional MACs-aware weights ``w_c
 usable as a loss term (:meth:`OutInGroupLasso.penalty`) or as a proximal step after each
 optimiser step (:meth:`OutInGroupLasso.prox`: ``W_c <- W_c * max(0, 1 - lr*lam*w_c/||W_c||)``).
 
-Channel importance is the energy of the out-in group normalised by its size, so
-channels of wide and narrow layers compare::
+Channel importance is the energy of the out-in group normalised by its size
+(:func:`oicsr_importance`)::
 
-    I_c = ||W_c||_2^2 / |W_c|            (|W_c|: number of weights in the group)
+    E_c = ||W_c||_2^2 / |W_c|            (|W_c|: number of weights in the group)
+
+For ranking across layers (:func:`greedy_prune`'s default) it is taken relative to the
+mean over the channel's group ``G(c)`` (the channels that are pruned together)::
+
+    I_c = E_c / mean_{k in G(c)} E_k
+
+Without that, the per-weight energy follows the layer's fan-in (initialisation and weight
+decay make weights of wide layers small): on a CIFAR ResNet-20 the raw ``E_c`` emptied the
+last stage first (-84% parameters at -50% MACs, 26% top-1 after fine-tuning).
 
 Global greedy pruning (:func:`greedy_prune`) repeatedly switches off the globally least
 important ``step`` of the remaining channels (optionally fine-tuning a few steps in
@@ -42,6 +51,7 @@ from ..slices import tied_slices
 from ..state import state_of
 from .budget import (BudgetResult, alive_channels, current_masks, measured_macs, prune_to_macs, restore_masks,
                      switch_off, unpruned_macs)
+from .importance import relative_to_group
 
 
 class OutInGroupLasso:
@@ -107,8 +117,13 @@ def oicsr_importance(pm) -> np.ndarray:
     return (energy / size.clamp_min(1.0)).numpy()
 
 
+def relative_oicsr_importance(pm) -> np.ndarray:
+    """``I_c``: :func:`oicsr_importance` relative to the mean over the channel's group."""
+    return relative_to_group(pm, oicsr_importance(pm))
+
+
 def greedy_prune(pm, target: float, step: float = 0.05, finetune: Optional[Callable[[object], None]] = None,
-                 importance: Callable = oicsr_importance) -> BudgetResult:
+                 importance: Callable = relative_oicsr_importance) -> BudgetResult:
     """Global greedy pruning to a MACs reduction ``target``.
 
     Args:
