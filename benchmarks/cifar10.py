@@ -30,7 +30,8 @@ MACs and parameters (``fxprune.count``).
 ``--data`` is a CIFAR-10 image folder (``train/``, ``test/``), a torchvision CIFAR10 root,
 or the ``.tar.gz`` (extracted once into ``--scratch``, never into the repository). Nothing
 is downloaded. Results go to ``--out``: ``results.json``, ``table.md`` and ``accuracy_vs_macs.png``;
-finished rows are reused when the command is run again (``--fresh`` to redo them).
+finished rows are reused when the command is run again (``--fresh`` to redo them all,
+``--redo METHOD ...`` to redo some).
 
 Protocols: ``quick`` (6 dense + 4 per method, 2 of them sparse: 30 epochs for six rows, about
 an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU).
@@ -251,6 +252,7 @@ def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: 
     base = fxprune.count(dense, x)
     model, spent, notes = RUNNERS[method](copy.deepcopy(dense), loaders, proto, target, args)
     if method != "dense":
+        notes["top1_before_finetune"] = evaluate(model, loaders[1])  # what pruning itself cost
         train(model, loaders, proto.method_epochs - spent, proto.finetune_lr, proto, progress=args.progress)
     cost = fxprune.count(model, x)
     top1 = evaluate(model, loaders[1])
@@ -309,6 +311,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/cifar10")
     p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
+    p.add_argument("--redo", nargs="+", default=[], choices=METHODS, metavar="METHOD",
+                   help="recompute these rows, keep the others in results.json")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
@@ -326,7 +330,8 @@ def main(argv=None) -> int:
     dense = dense_model(args.model, loaders, proto, out, args.progress)
     results_path = out / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else {}
-    rows = {r["method"]: r for r in saved.get("rows", []) if saved.get("protocol") == asdict(proto)}
+    rows = {r["method"]: r for r in saved.get("rows", [])
+            if saved.get("protocol") == asdict(proto) and r["method"] not in args.redo}
     for method in args.methods:
         if method in rows:
             continue
