@@ -94,6 +94,7 @@ def resolve(flow) -> ChannelIndex:
     """Turn the atom table of a finished flow into channels and groups."""
     atoms: AtomTable = flow.atoms
     _freeze_unconsumed(flow)
+    _freeze_what_would_empty_a_layer(flow)
     leaf_table = _leaf_table(atoms)
     atom_live = np.r_[leaf_table[:-1, 0] >= 0, False]
     live = np.unique(leaf_table[leaf_table >= 0])
@@ -135,6 +136,30 @@ def _freeze_unconsumed(flow) -> None:
     live = np.unique(table[table >= 0])
     for leaf in live[~consumed[live]].tolist():
         atoms.frozen.setdefault(leaf, "no op mixes these channels")
+
+
+def _freeze_what_would_empty_a_layer(flow) -> None:
+    """Freeze a channel that every index of a parameter's dimension depends on.
+
+    An index survives only if all its atoms do. Where two layers split the same channels
+    into different products (a conv with 3 groups of 2 outputs feeding one with 2 groups
+    of 3 inputs), tying their rows can leave one atom in every row: switching it off
+    would remove the whole layer, which no finalized model can hold.
+    """
+    atoms = flow.atoms
+    table = _leaf_table(atoms)
+    for record in flow.params.values():
+        for d, dim in enumerate(record.layout):
+            if d not in record.roles or dim.shape[0] == 0 or dim.shape[1] == 0:
+                continue
+            flat = table[dim].reshape(dim.shape[0], -1)
+            rows = np.repeat(np.arange(dim.shape[0]), flat.shape[1])
+            ok = flat.ravel() >= 0
+            pairs = np.unique(np.stack([rows[ok], flat.ravel()[ok]]), axis=1)
+            leaves, counts = np.unique(pairs[1], return_counts=True)
+            name = ".".join(p for p in record.refs[0] if p)
+            for leaf in leaves[counts == dim.shape[0]].tolist():
+                atoms.frozen.setdefault(leaf, f"switching it off would remove every index of {name}'s dimension {d}")
 
 
 def _frozen_reasons(atoms: AtomTable, atom_live: np.ndarray, dim: np.ndarray) -> dict:

@@ -16,9 +16,13 @@ EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "200"))
 @settings(max_examples=EXAMPLES)
 @given(arch=architectures(), seed=st.integers(0, 2**16), fraction=st.sampled_from([0.0, 0.25, 0.5, 0.75]),
        gates=st.booleans())
-# The long fuzz run's first failure (a two-channel shuffle with one channel pruned), kept.
+# The long fuzz runs' failures, kept: a two-channel shuffle with one channel pruned ...
 @example(arch=Arch(steps=(("conv", 0, 2, 1, 1, False, "gelu"), ("shuffle", 1)), in_channels=1, size=4, head="pool",
                    classes=1), seed=0, fraction=0.5, gates=False)
+# ... and its second (groups of a grouped conv that do not line up with the next one's), kept.
+@example(arch=Arch(steps=(("conv", 0, 9, 1, 1, False, "gelu"), ("conv", 1, 6, 1, 3, False, "gelu"),
+                          ("conv", 2, 2, 1, 2, False, "gelu")), in_channels=1, size=4, head="pool", classes=1),
+         seed=1, fraction=0.5, gates=False)
 def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, gates):
     torch.manual_seed(seed)
     model = randomize(RandomNet(arch).eval(), seed)

@@ -238,6 +238,35 @@ def test_grouped_conv_prunes_whole_groups_and_positions_within_groups():
     assert small.grouped.groups == 1 and small.grouped.in_channels == 2
 
 
+class MismatchedGroups(nn.Module):
+    """3 groups of 2 outputs feeding 2 groups of 3 inputs: the two products do not line up."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 9, 1)
+        self.b = nn.Conv2d(9, 6, 1, groups=3)
+        self.c = nn.Conv2d(6, 2, 1, groups=2)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        y = self.c(F.gelu(self.b(F.gelu(self.a(x)))))
+        return self.fc(F.adaptive_avg_pool2d(F.gelu(y), 1).flatten(1))
+
+
+def test_grouped_convs_whose_groups_do_not_line_up_never_lose_a_whole_layer():
+    # Found by the long fuzz run: tying the rows left one channel that every input of c
+    # depended on; switching it off removed the layer (a ZeroDivisionError in finalize).
+    x = torch.randn(2, 1, 4, 4)
+    model = randomize(MismatchedGroups())
+    for group in fxprune.channel_groups(fxprune.prepare(model, x)):
+        for i in range(group.size if group.size > 1 else 0):
+            pm = fxprune.prepare(model, x)
+            with torch.no_grad():
+                pm.fxprune.masks[group.name][i] = 0
+            small = assert_finalized_equals_masked(pm)
+            assert min(small.b.out_channels, small.c.in_channels, small.c.out_channels) > 0
+
+
 class LayerScale(nn.Module):
     def __init__(self):
         super().__init__()
