@@ -8,7 +8,9 @@ number of further epochs, so all rows have the same total epochs):
 
    - ``dense``: keeps training the dense model (the reference at the same total epochs);
    - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
-     Loss), pruned to the MACs target, finalized, fine-tuned for the rest;
+     Loss) during which structures are switched off gradually (``EPFS.anneal``, the whole
+     target by half the phase, ``--anneal-until``), pruned to the MACs target, finalized,
+     fine-tuned for the rest;
    - ``oicsr``: ``sparse_epochs`` with the out-in group lasso, global greedy pruning to the
      target, finalized, fine-tuned for the rest;
    - ``l1``: L1-norm filter pruning (Li et al., ICLR 2017) straight from the dense model,
@@ -158,13 +160,19 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
     epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
                         filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only)
+    total = proto.sparse_epochs * len(loaders[0])
+
+    def anneal(trainer, step):  # gradual pruning: the target is off by anneal_until of the phase
+        if args.anneal_until > 0 and step % 20 == 0:
+            epfs.anneal(step / total, target, until=args.anneal_until)
+
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
-          extra_optimizers={"masks": epfs.optimizer}, progress=args.progress)
+          extra_optimizers={"masks": epfs.optimizer}, step_hooks=[anneal], progress=args.progress)
     result = epfs.prune(target=target)
     epfs.close()
-    return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result),
-                                                        "gates_removed": result.branches}
+    return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result), "gates_removed": result.branches,
+                                                        "anneal_until": args.anneal_until}
 
 
 def run_oicsr(model, loaders, proto, target, args):
@@ -306,6 +314,8 @@ def parse_args(argv=None):
     p.add_argument("--mask-l2", type=float, default=1e-4)
     p.add_argument("--gate-l1", type=float, default=0.01)
     p.add_argument("--center", type=float, default=1e-3)
+    p.add_argument("--anneal-until", type=float, default=0.5,
+                   help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)

@@ -115,3 +115,33 @@ def test_epfs_restarts_fista_momentum_by_default():
     pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
     assert all(g["restart"] == "gradient" for g in fxprune.EPFS(pm).optimizer.param_groups)
     assert all(g["restart"] is None for g in fxprune.EPFS(pm, restart=None).optimizer.param_groups)
+
+
+def test_anneal_switches_structures_off_on_a_schedule_and_holds_them_there():
+    torch.manual_seed(2)
+    pm = fxprune.prepare(Tiny(width=32), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, lr=0.05, l1=1e-3)
+    x, y = data()
+    opt = torch.optim.SGD(fxprune.weight_parameters(pm), lr=0.05, momentum=0.9)
+    reached, off_at_end_of_ramp = [], None
+    for step in range(40):
+        loss = F.cross_entropy(pm(x[:32]), y[:32]) + epfs.loss(y[:32])
+        opt.zero_grad()
+        epfs.zero_grad()
+        loss.backward()
+        opt.step()
+        epfs.step()
+        if step % 5 == 4:
+            result = epfs.anneal(progress=(step + 1) / 40, target=0.4, until=0.5)
+            reached.append(epfs._annealed)
+            if step + 1 == 20:
+                off_at_end_of_ramp = [(m == 0).clone() for m in fxprune.mask_parameters(pm)]
+    # each step locks in what it switched off, so the schedule lands within a channel or two
+    # of this small model (a channel of the residual stream is about 1% of its MACs)
+    assert reached == sorted(reached) and reached[0] > 0 and abs(reached[3] - 0.4) <= 0.02
+    assert result is None  # past the ramp, nothing more to switch off
+    epfs.finish()
+    for off, m in zip(off_at_end_of_ramp, fxprune.mask_parameters(pm)):
+        assert bool((m[off] == 0).all())  # held through the steps after the ramp
+    assert epfs.prune(target=0.4).reduction == reached[-1]  # nothing more to remove
+    assert_finalized_equals_masked(pm)

@@ -190,3 +190,17 @@ def test_mismatched_weights_are_refused_with_their_shapes():
         FISTA([{"params": [p], "weights": [torch.ones(2)]}], lr=0.1)
     with pytest.raises(FxPruneError, match="1 params but 2 weights"):
         FISTA([{"params": [p], "weights": [None, None]}], lr=0.1)
+
+
+def test_held_entries_stay_at_exact_zero_and_survive_a_state_dict_round_trip():
+    params, groups = _two_group_problem()
+    opt = FISTA(groups, lr=0.1)
+    _steps(params, opt, 3)
+    opt.hold_at_zero(params[0], torch.tensor([True, False, True, False, False, False]).view_as(params[0]))
+    _steps(params, opt, 5)  # the loss pulls every entry towards a non-zero target
+    opt.commit_iterates()
+    flat = params[0].detach().flatten()
+    assert flat[0] == 0 and flat[2] == 0 and bool((flat[[1, 3]] != 0).all())  # 5 is within lam of its target
+    fresh = FISTA(_two_group_problem()[1], lr=0.1)
+    fresh.load_state_dict(opt.state_dict())
+    assert torch.equal(fresh.state[fresh.param_groups[0]["params"][0]]["held"], opt.state[params[0]]["held"])

@@ -98,6 +98,7 @@ class EPFS:
             groups.append({"params": gate_parameters(pm), "lam": l1 if gate_l1 is None else gate_l1,
                            "weights": weights})
         self.optimizer = FISTA(groups, lr=lr, restart=restart)
+        self._annealed = 0.0  # the MACs reduction anneal() has switched off so far
         self.center_weight = center
         self.center_loss = None
         self.tap = None
@@ -175,6 +176,36 @@ class EPFS:
                 bcost = branch_macs(self.pm)
                 gate_scores = {b: v / max(bcost.get(b, 0.0) / scale, 1e-12) for b, v in gate_scores.items()}
         return prune_to_macs(self.pm, target, channel_scores, gate_scores)
+
+    def anneal(self, progress: float, target: float, until: float = 0.5) -> Optional[BudgetResult]:
+        """Gradual pruning during sparse training: switch off structures as training goes.
+
+        The MACs reduction reached so far follows Zhu and Gupta's cubic schedule,
+        ``target * (1 - (1 - progress / until)**3)``, so the whole ``target`` is off by
+        ``progress == until`` and the rest of the phase trains the network without those
+        structures. Each call ranks as :meth:`prune` does, switches off the lowest until
+        the schedule's reduction is met, and FISTA holds them at exactly zero from then on.
+        The final :meth:`prune` then removes what was switched off and costs nothing.
+
+        Call it every few dozen steps (a step hook); calls that would add nothing are cheap.
+
+        Args:
+            progress: the share of the sparse phase done, in ``[0, 1]``.
+            target: the MACs reduction to end with, in ``(0, 1)``.
+            until: the share of the phase by which ``target`` is reached.
+
+        Returns:
+            The :class:`BudgetResult` of this step, or None if nothing was switched off.
+        """
+        goal = target * (1.0 - (1.0 - min(1.0, max(0.0, progress) / until)) ** 3)
+        if goal <= max(self._annealed, 0.0) + 1e-3:
+            return None
+        result = self.prune(target=goal)
+        self._annealed = result.reduction
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                self.optimizer.hold_at_zero(p, p.detach() == 0)
+        return result
 
     def _keep_one_per_group(self) -> None:
         """A group FISTA emptied keeps its most important channel (by the l1 norm of its filters)."""

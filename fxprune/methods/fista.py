@@ -200,12 +200,32 @@ class FISTA(torch.optim.Optimizer):
         prox = nonneg_soft_threshold if group["nonneg"] else soft_threshold
         x_prev, t = state["x"], state["t"]
         x_next = prox(p - group["lr"] * p.grad, thr)
+        held = state.get("held")
+        if held is not None:
+            x_next.masked_fill_(held, 0.0)
         state["step"] += 1
         if _should_restart(group["restart"], state["step"], p, x_next, x_prev):
             t = 1.0
         t_next = next_momentum(t)
         p.copy_(x_next + momentum_coefficient(t, t_next) * (x_next - x_prev))
+        if held is not None:
+            p.masked_fill_(held, 0.0)
         state["x"], state["t"] = x_next, t_next
+
+    @torch.no_grad()
+    def hold_at_zero(self, p: torch.Tensor, where: torch.Tensor) -> None:
+        """Set ``p[where]`` to exactly zero and keep it there in every later step.
+
+        Gradual pruning switches structures off during training; held entries stay off
+        whatever their gradient says. The set only grows; it is part of the state dict.
+        """
+        state = self.state[p]
+        if not state:
+            state["x"], state["t"], state["step"] = p.detach().clone(), 1.0, 0
+        where = where.to(device=p.device, dtype=torch.bool)
+        state["held"] = where.clone() if state.get("held") is None else state["held"] | where
+        p.masked_fill_(state["held"], 0.0)
+        state["x"].masked_fill_(state["held"], 0.0)
 
     def restart(self) -> None:
         """Reset momentum (``t = 1``) and move every parameter to its proximal iterate ``x``."""
