@@ -18,8 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# The long property run: FUZZ_EXAMPLES random CNNs, then a quarter as many token models.
+FUZZ_EXAMPLES ?= 10000
+
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz FXPRUNE_PROPERTY_EXAMPLES=2000 $(VENV)/bin/python -m pytest -q tests/test_property.py
+	HYPOTHESIS_PROFILE=fuzz FXPRUNE_PROPERTY_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q \
+		-p no:cacheprovider --hypothesis-show-statistics tests/test_property.py
 
 zoo-table: $(STAMP)
 	$(VENV)/bin/python benchmarks/coverage.py --out out/coverage
