@@ -14,16 +14,17 @@ from . import distributed, export, report, report_html
 from .masks import gate_parameters, mask_parameters, weight_parameters
 from .methods.budget import prune_to_macs
 from .methods.center_loss import CenterLoss
-from .methods.epfs import EPFS
+from .methods.epfs import EPFS, normalised_groups
 from .methods.features import FeatureTap
 from .methods.fista import FISTA
 from .methods.importance import channel_importance, prune_by_importance, relative_to_group
-from .methods.oicsr import OutInGroupLasso, greedy_prune, oicsr_importance
+from .methods.oicsr import OutInGroupLasso, greedy_prune, oicsr_importance, relative_oicsr_importance
 from .report import branches, channel_groups, dependency_graph, prunable_share
 
 __all__ = [
     "CenterLoss", "EPFS", "FISTA", "FeatureTap", "OutInGroupLasso", "gate_parameters", "greedy_prune",
-    "mask_parameters", "oicsr_importance", "prune_to_macs", "weight_parameters",
+    "mask_parameters", "normalised_groups", "oicsr_importance", "prune_to_macs", "relative_oicsr_importance",
+    "weight_parameters",
     "Count", "EquivalenceError", "FxPruneError", "MaskError", "NotPreparedError", "PruneConfig", "TraceError",
     "UnsupportedOpError", "branches", "channel_groups", "channel_importance", "count", "dependency_graph",
     "finalize", "prepare", "prunable_share", "prune_by_importance", "relative_to_group", "report",
