@@ -160,15 +160,11 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
     epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
                         filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only)
-    total = proto.sparse_epochs * len(loaders[0])
-
-    def anneal(trainer, step):  # gradual pruning: the target is off by anneal_until of the phase
-        if args.anneal_until > 0 and step % 20 == 0:
-            epfs.anneal(step / total, target, until=args.anneal_until)
-
+    total = proto.sparse_epochs * len(loaders[0])  # gradual pruning: the target is off by anneal_until of the phase
+    hooks = [epfs.anneal_hook(total, target, args.anneal_until)] if args.anneal_until > 0 else []
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
-          extra_optimizers={"masks": epfs.optimizer}, step_hooks=[anneal], progress=args.progress)
+          extra_optimizers={"masks": epfs.optimizer}, step_hooks=hooks, progress=args.progress)
     result = epfs.prune(target=target)
     epfs.close()
     return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result), "gates_removed": result.branches,

@@ -150,7 +150,7 @@ def run_demo(out_dir: str = "out/demo", data_dir: Optional[str] = None, config: 
     epfs = EPFS(pm, lr=config.epfs_lr, l1=config.l1, l2=1e-4, gate_l1=config.gate_l1, center=config.center,
                 num_classes=len(classes), filters=True, blocks=True, macs_weighted=True)
     train_phase("sparse", pm, train, test, config.sparse_epochs, config.lr / 5, history, echo=echo,
-                progress=progress, epfs=epfs)
+                progress=progress, epfs=epfs, anneal_target=config.target_macs)
 
     echo(f"3/4 pruning to {100 * config.target_macs:.0f}% fewer MACs and finalizing")
     budget = epfs.prune(target=config.target_macs)

@@ -25,7 +25,8 @@ from .train import Trainer
 def train_phase(name: str, model: torch.nn.Module, train: Iterable, test: Optional[Iterable], epochs: int,
                 lr: float, history: Optional[list] = None, *, echo: Callable[..., None] = print,
                 progress: bool = True, one_cycle: bool = False, epfs=None,
-                penalty: Optional[Callable[[], torch.Tensor]] = None) -> list:
+                penalty: Optional[Callable[[], torch.Tensor]] = None, anneal_target: Optional[float] = None,
+                anneal_until: float = 0.5) -> list:
     """Train ``model`` for ``epochs`` epochs; returns (and extends) ``history``.
 
     Args:
@@ -41,6 +42,9 @@ def train_phase(name: str, model: torch.nn.Module, train: Iterable, test: Option
         epfs: an :class:`fxprune.EPFS`; its losses and FISTA step are added, and the
             weight optimiser leaves the masks and gates alone.
         penalty: a regulariser added to the loss (e.g. ``OutInGroupLasso(pm).penalty``).
+        anneal_target: with ``epfs``, switch structures off gradually towards this MACs
+            reduction (:meth:`fxprune.EPFS.anneal`, every 20 steps), all of it by
+            ``anneal_until`` of the phase.
     """
     history = history if history is not None else []
     if epochs <= 0:
@@ -64,7 +68,10 @@ def train_phase(name: str, model: torch.nn.Module, train: Iterable, test: Option
         return total + penalty() if penalty is not None else total
 
     sparse = epfs is not None or penalty is not None
-    trainer = Trainer(model, opt, sched, progress=progress, epoch_hooks=[record], recalibrate_bn=20 if sparse else 0,
+    hooks = ([epfs.anneal_hook(steps, anneal_target, anneal_until)]
+             if epfs is not None and anneal_target is not None and steps is not None else [])
+    trainer = Trainer(model, opt, sched, progress=progress, epoch_hooks=[record], step_hooks=hooks,
+                      recalibrate_bn=20 if sparse else 0,
                       extra_loss=extra_loss if sparse else None,
                       extra_optimizers={"masks": epfs.optimizer} if epfs is not None else None)
     trainer.fit(train, test, epochs)

@@ -145,3 +145,21 @@ def test_anneal_switches_structures_off_on_a_schedule_and_holds_them_there():
         assert bool((m[off] == 0).all())  # held through the steps after the ramp
     assert epfs.prune(target=0.4).reduction == reached[-1]  # nothing more to remove
     assert_finalized_equals_masked(pm)
+
+
+def test_masks_of_batchnorm_normalised_groups_keep_their_largest_at_one():
+    # Inner block channels feed conv + BatchNorm only: their common scale is invisible in
+    # training, so EPFS holds it at 1 and l1 shrinks masks relative to their group.
+    torch.manual_seed(3)
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    inner = {g.name for g in fxprune.channel_groups(pm)
+             if any(p.name in ("blocks.0.0.weight", "blocks.1.0.weight") for p in g.producers)}
+    stream = next(g.name for g in fxprune.channel_groups(pm) if any(p.name == "stem.weight" for p in g.producers))
+    assert inner == set(fxprune.normalised_groups(pm)) and stream not in inner  # the stream feeds fc
+    epfs = fxprune.EPFS(pm, lr=0.1, l1=0.05, normalise=True)
+    train_epfs(pm, epfs, steps=30)
+    epfs.finish()
+    for name in inner:
+        mask = pm.fxprune.masks[name].detach()
+        assert float(mask.abs().max()) == pytest.approx(1.0) and float(mask.min()) < 1.0
+    assert float(pm.fxprune.masks[stream].detach().abs().max()) < 1.0  # shrunk by l1 as before

@@ -45,7 +45,8 @@ import torch
 
 from ..cost import branch_macs, channel_macs
 from ..errors import FxPruneError
-from ..masks import gate_parameters, mask_parameters
+from ..fold import can_fold_into, module_calls, norm_after
+from ..masks import ROLE, gate_parameters, mask_parameters, role
 from ..state import state_of
 from .budget import BudgetResult, prune_to_macs
 from .center_loss import CenterLoss
@@ -74,12 +75,21 @@ class EPFS:
             Candes' gradient restart, keeps the momentum from building up over the thousands
             of noisy minibatch steps of a training run, where plain Beck-Teboulle momentum
             (``None``) tends to 1 and makes the masks oscillate.
+        normalise: after each FISTA step, divide the masks of every group that only feeds
+            layers followed by BatchNorm (:func:`normalised_groups`) by their largest value.
+            In training such a model cannot see a group's common scale, so l1 would shrink
+            the whole group together (at a pace set by its penalty weight, not by what it
+            is worth) and BatchNorm's running statistics would lag behind. Held at a largest
+            value of 1, the l1 step still takes ``lr * l1`` off every mask, and the rescale
+            gives it back to the largest: what shrinks is each mask *relative to its group*,
+            the mask's share that the model does see. Off by default until a benchmark row
+            shows it helps.
     """
 
     def __init__(self, pm, lr: float = 0.01, l1: float = 1e-4, l2: float = 1e-4, gate_l1: Optional[float] = None,
                  center: float = 0.0, num_classes: Optional[int] = None, center_alpha: float = 0.5,
                  filters: bool = True, blocks: bool = True, macs_weighted: bool = True,
-                 classifier: Optional[str] = None, restart="gradient"):
+                 classifier: Optional[str] = None, restart="gradient", normalise: bool = False):
         if not (filters or blocks):
             raise FxPruneError("EPFS needs filters=True, blocks=True or both", hint="pick what to prune")
         if blocks and not gate_parameters(pm):
@@ -99,6 +109,9 @@ class EPFS:
                            "weights": weights})
         self.optimizer = FISTA(groups, lr=lr, restart=restart)
         self._annealed = 0.0  # the MACs reduction anneal() has switched off so far
+        self.normalised = normalised_groups(pm) if (normalise and filters) else []
+        if self.normalised:
+            self.optimizer.register_step_post_hook(lambda *_: self._normalise())
         self.center_weight = center
         self.center_loss = None
         self.tap = None
@@ -207,6 +220,31 @@ class EPFS:
                 self.optimizer.hold_at_zero(p, p.detach() == 0)
         return result
 
+    def anneal_hook(self, total_steps: int, target: float, until: float = 0.5, every: int = 20):
+        """A :class:`fxprune.train.Trainer` step hook calling :meth:`anneal` every ``every`` steps.
+
+        ``total_steps`` is the length of the sparse phase in optimiser steps.
+        """
+
+        def hook(trainer, step: int) -> None:
+            if step % every == 0:
+                self.anneal(step / total_steps, target, until=until)
+
+        return hook
+
+    @torch.no_grad()
+    def _normalise(self) -> None:
+        """Rescale each BatchNorm-normalised group's masks so that the largest is 1 (see ``normalise``)."""
+        for name in self.normalised:
+            mask = self.pm.fxprune.masks[name]
+            state = self.optimizer.state.get(mask)
+            iterate = state["x"] if state else mask
+            scale = float(iterate.abs().max())
+            if scale > 0 and scale != 1.0:
+                mask.div_(scale)
+                if state:
+                    state["x"].div_(scale)
+
     def _keep_one_per_group(self) -> None:
         """A group FISTA emptied keeps its most important channel (by the l1 norm of its filters)."""
         index = state_of(self.pm).index
@@ -261,3 +299,22 @@ class EPFS:
         values = np.array(list(bcost.values()) or [1.0])
         mean = values[values > 0].mean() if (values > 0).any() else 1.0
         return [torch.tensor(max(bcost.get(name, 0.0), 1e-3 * mean) / mean) for name in self.pm.fxprune.gates]
+
+
+def normalised_groups(pm) -> list:
+    """Names of the mask groups whose every reader is a layer followed by BatchNorm.
+
+    In training mode such a model computes the same function whatever the common scale
+    of the group's masks (BatchNorm divides it out), e.g. the inner channels of a ResNet
+    block, or the residual stream of a stage that ends in a downsampling convolution.
+    """
+    calls = module_calls(pm)
+    normalised: dict = {}
+    for node in pm.graph.nodes:
+        if role(node) != "mask":
+            continue
+        ok = bool(node.users) and all(can_fold_into(pm, u, calls) and norm_after(pm, u, calls) is not None
+                                      for u in node.users)
+        for g in node.meta[ROLE]["groups"]:
+            normalised[g] = normalised.get(g, True) and ok
+    return [f"g{g}" for g, ok in sorted(normalised.items()) if ok]
