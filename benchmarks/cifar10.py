@@ -267,10 +267,11 @@ def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: 
 
 def table(rows: list, dense_top1: float) -> str:
     body = [[r["method"], f"{100 * r['top1']:.2f}", f"{100 * (r['top1'] - dense_top1):+.2f}",
+             f"{100 * r['top1_before_finetune']:.1f}" if "top1_before_finetune" in r else "",
              f"{r['macs'] / 1e6:.1f}", f"{100 * r['macs_reduction']:.1f}%", f"{r['params'] / 1e6:.3f}",
              f"{100 * r['params_reduction']:.1f}%", r["epochs"]] for r in rows]
-    return tabulate(body, headers=["method", "top-1 %", "vs dense", "MMACs", "MACs removed", "M params",
-                                   "params removed", "epochs"], tablefmt="github")
+    return tabulate(body, headers=["method", "top-1 %", "vs dense", "right after pruning", "MMACs", "MACs removed",
+                                   "M params", "params removed", "epochs"], tablefmt="github")
 
 
 def plot(rows: list, path: Path, title: str) -> None:
