@@ -93,8 +93,9 @@ class ChannelIndex:
 def resolve(flow) -> ChannelIndex:
     """Turn the atom table of a finished flow into channels and groups."""
     atoms: AtomTable = flow.atoms
-    _freeze_unconsumed(flow)
-    _freeze_what_would_empty_a_layer(flow)
+    table = _leaf_table(atoms)  # both passes only add frozen leaves, so one table serves them
+    _freeze_unconsumed(flow, table)
+    _freeze_what_would_empty_a_layer(flow, table)
     leaf_table = _leaf_table(atoms)
     atom_live = np.r_[leaf_table[:-1, 0] >= 0, False]
     live = np.unique(leaf_table[leaf_table >= 0])
@@ -124,10 +125,9 @@ def resolve(flow) -> ChannelIndex:
     return ChannelIndex(groups, group_of, position, node_layouts, params, frozen)
 
 
-def _freeze_unconsumed(flow) -> None:
+def _freeze_unconsumed(flow, table: np.ndarray) -> None:
     """Freeze channels that no mask site sees: switching them off would change nothing."""
     atoms = flow.atoms
-    table = _leaf_table(atoms)
     consumed = np.zeros(len(atoms.parent) + 1, dtype=bool)
     for site in flow.sites.values():
         dim = flow.layouts[site.source][site.dim]
@@ -138,7 +138,7 @@ def _freeze_unconsumed(flow) -> None:
         atoms.frozen.setdefault(leaf, "no op mixes these channels")
 
 
-def _freeze_what_would_empty_a_layer(flow) -> None:
+def _freeze_what_would_empty_a_layer(flow, table: np.ndarray) -> None:
     """Freeze a channel that every index of a parameter's dimension depends on.
 
     An index survives only if all its atoms do. Where two layers split the same channels
@@ -147,7 +147,6 @@ def _freeze_what_would_empty_a_layer(flow) -> None:
     would remove the whole layer, which no finalized model can hold.
     """
     atoms = flow.atoms
-    table = _leaf_table(atoms)
     for record in flow.params.values():
         for d, dim in enumerate(record.layout):
             if d not in record.roles or dim.shape[0] == 0 or dim.shape[1] == 0:

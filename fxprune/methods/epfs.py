@@ -211,7 +211,7 @@ class EPFS:
             The :class:`BudgetResult` of this step, or None if nothing was switched off.
         """
         goal = target * (1.0 - (1.0 - min(1.0, max(0.0, progress) / until)) ** 3)
-        if goal <= max(self._annealed, 0.0) + 1e-3:
+        if goal <= self._annealed + 1e-3:
             return None
         result = self.prune(target=goal)
         self._annealed = result.reduction
