@@ -30,7 +30,8 @@ two groups (how many groups or heads, and how wide each is) and halves both, so 
 keeps a quarter of them where Torch-Pruning keeps half (regnet, resnext, ViT attention).
 
 Every model runs in a subprocess of its own (``--one``) with a timeout, and Torch-Pruning
-within it with ``--tp-timeout`` (it does not finish on Swin). A timed batch of more than
+within it with ``--tp-timeout`` (it does not finish on Swin). Each library first prunes a
+small resnet18, untimed, so that the process's one-time costs fall on neither. A timed batch of more than
 ``--max-gmacs`` (batch x GMACs per image) is skipped and the skip recorded: with the
 default 1000, batch 32 of the nine largest models. Memory is the resident set size
 sampled every 10 ms from /proc/self/statm while a library prunes, less the size when it
@@ -374,6 +375,7 @@ def measure_one(name: str, args) -> dict:
     before = fxprune.count(model, x)
     record.update(input=list(x.shape), macs_before=before.macs, params_before=before.params)
     models = {"before": model}
+    warm_up(not args.no_tp and _tp_installed())
     pruned = _attempt(record, "fxprune", args.json, lambda: measure_fxprune(model, x, args.round_to, record))
     models.update(pruned or {})
     if args.no_tp or not _tp_installed():
@@ -389,6 +391,20 @@ def measure_one(name: str, args) -> dict:
                   max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     _save(record, args.json)
     return record
+
+
+def warm_up(tp: bool) -> None:
+    """Prune a small resnet18 once with each library, untimed, so that neither pays for the process's one-time
+    costs (imports, lazy initialisation) in the times measured: whichever went first would."""
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 64, 64)
+    pm = fxprune.prepare(model, x)
+    fxprune.prune_by_importance(pm, RATIO, importance="l1", scope="local")
+    fxprune.finalize(pm)
+    if tp:
+        import torch_pruning as tp_lib
+
+        tp_lib.pruner.MagnitudePruner(model, x, importance=tp_lib.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=RATIO, ignored_layers=[model.fc]).step()
 
 
 def _attempt(record: dict, stage: str, path, measure):
