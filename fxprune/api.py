@@ -28,7 +28,7 @@ from .masks import MaskBank, insert_gates, insert_masks
 from .rewrite import fold_masks_and_gates, remove_branches, rewrite_sizes
 from .slicing import slice_params
 from .state import ATTR, PruneState, state_of
-from .trace import example_inputs_for, trace
+from .trace import example_inputs_for, trace, with_source_line
 
 
 def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[PruneConfig] = None) -> torch.fx.GraphModule:
@@ -51,7 +51,10 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
                            for t in example_inputs_for(model, example_inputs))
     gm = trace(model, config)
     lower_modules(gm)
-    flow = _propagate(gm, config, example_inputs)
+    try:
+        flow = _propagate(gm, config, example_inputs)
+    except FxPruneError as e:
+        raise with_source_line(e, model, config) from None
     index = resolve(flow)
     branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
     dtype, device = _dtype_device(gm)
@@ -66,24 +69,14 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     return gm
 
 
-_FAKE_ABOVE = 50_000  # input elements above which shapes are propagated on FakeTensors
-
-
 def _propagate(gm, config: PruneConfig, example_inputs) -> ChannelFlow:
-    """Shape and channel propagation.
-
-    For large inputs on FakeTensors first (no arithmetic), for real if that fails; small
-    inputs run for real, which is cheaper than FakeTensor's per-op bookkeeping.
-    """
-    size = sum(t.numel() for t in example_inputs if isinstance(t, torch.Tensor))
-    if size < _FAKE_ABOVE:
-        return ChannelFlow(gm, config).propagate(*example_inputs, fake=False)
+    """Shape and channel propagation: heavy ops shape-only, or every op for real if that fails."""
     try:
-        return ChannelFlow(gm, config).propagate(*example_inputs, fake=True)
+        return ChannelFlow(gm, config).propagate(*example_inputs)
     except FxPruneError:
         raise
-    except Exception:  # an op without a fake kernel: run it for real
-        return ChannelFlow(gm, config).propagate(*example_inputs, fake=False)
+    except Exception:  # zeros where the model needed its own activations: run it for real
+        return ChannelFlow(gm, config).propagate(*example_inputs, shape_only=False)
 
 
 def _has_channels(index, site) -> bool:

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
+import torch
 import torch.fx
 
 
@@ -50,13 +52,20 @@ def op_name(node: torch.fx.Node) -> str:
 
 
 def source_line(node: torch.fx.Node) -> Optional[str]:
-    """The last frame of the user's code that FX recorded for ``node``, if any."""
+    """The last frame of the user's code (not torch's, not fxprune's) that FX recorded for ``node``."""
     trace = node.stack_trace or node.meta.get("stack_trace")
     if not trace:
         return None
-    frames = [line.strip() for line in trace.strip().splitlines() if line.strip()]
-    # The stack trace alternates 'File "...", line N, in f' and the code line; keep the last pair.
-    return " | ".join(frames[-2:]) if frames else None
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    # 'File "...", line N, in f' lines, each followed by its code line
+    frames = [(lines[i], lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else "")
+              for i in range(len(lines)) if lines[i].startswith("File ")]
+    users = [f for f in frames if not any(part in f[0] for part in _NOT_USER)]
+    frame = (users or frames or [(lines[-1], "")])[-1]
+    return " | ".join(p for p in frame if p)
+
+
+_NOT_USER = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
 
 
 def _owning_module(node: torch.fx.Node):
@@ -80,6 +89,8 @@ class FxPruneError(Exception):
         if hint:
             parts.append(f"  what to do: {hint}")
         super().__init__("\n".join(parts))
+        self.message = message
+        self.node = node
         self.node_name = node.name if node is not None else None
         self.hint = hint
 

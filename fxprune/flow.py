@@ -6,6 +6,14 @@ index of each dimension depends on, see :mod:`fxprune.channels`) by calling the 
 rule. Parameters get fresh atoms the first time a rule touches them. What cannot be
 understood becomes a barrier: its channels are frozen and the reason is kept.
 
+Only shapes matter here, and almost all of a forward pass's arithmetic is in a few ops
+(convolutions, linear layers, matrix products, attention). Those are run on meta tensors
+and their outputs are zeros of the right shape and dtype; everything else runs for real,
+which costs less than FakeTensor's per-op bookkeeping. Values computed from parameters
+and buffers alone (index tables) stay exact; activations after a heavy op are not the
+model's, so an op whose output *shape* depends on activation values (``nonzero``) would
+see zeros. Index-coded probes (:meth:`ChannelFlow.call`) always run for real.
+
 Example:
     >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()))
     >>> flow = ChannelFlow(gm, PruneConfig()).propagate(torch.randn(1, 3, 8, 8))
@@ -22,7 +30,8 @@ from typing import Any, Optional
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
 from .channels import AtomTable, empty_dim, has_atoms
@@ -55,22 +64,18 @@ class ChannelFlow(torch.fx.Interpreter):
         self.memo: dict = {}
         self.barriers: list[Barrier] = []
         self.approximate: list[str] = []
-        self.fake_mode = None
+        self.shape_only = True
 
-    def propagate(self, *example_inputs, fake: bool = False) -> "ChannelFlow":
+    def propagate(self, *example_inputs, shape_only: bool = True) -> "ChannelFlow":
         """Run the graph in eval mode without gradients; returns self.
 
         Args:
             example_inputs: the inputs to run on.
-            fake: run activations as FakeTensors (shapes without arithmetic). Values
-                computed from parameters and buffers alone (index tables) stay real, and
-                the index-coded probes always run for real.
+            shape_only: compute the heavy ops' outputs as zeros of the right shape (see
+                the module docs); False runs every op for real.
         """
         modes = {m: m.training for m in self.module.modules()}
-        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-        if fake:
-            example_inputs = tuple(self.fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
-                                   for t in example_inputs)
+        self.shape_only = shape_only
         try:
             self.module.eval()
             with torch.no_grad():
@@ -84,22 +89,45 @@ class ChannelFlow(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            if self.fake_mode is not None and _has_fake(args, kwargs):
-                with self.fake_mode:
-                    out = getattr(self, n.op)(n.target, args, kwargs)
-            else:
-                with unset_fake_temporarily():
-                    out = getattr(self, n.op)(n.target, args, kwargs)
+            out = self._shape_only(n, args, kwargs) if self.shape_only else None
+            if out is None:
+                out = getattr(self, n.op)(n.target, args, kwargs)
         self.shapes[n.name] = pytree.tree_map(_shape_of, out)
         self.layouts[n.name] = self.layout_for(n, args, kwargs, out)
         return out
 
+    def _shape_only(self, n: torch.fx.Node, args, kwargs):
+        """A heavy op's output as zeros computed from meta tensors; None for other ops or where meta fails."""
+        if n.op == "call_module":
+            module = self.module.get_submodule(n.target)
+            if not isinstance(module, _HEAVY_MODULES) or module._forward_hooks or module._forward_pre_hooks:
+                return None
+            if isinstance(module, nn.Linear) and len(args) == 1 and not kwargs:  # meta's addmm is slow
+                return _zeros_like_linear(args[0], module.weight)
+            meta = {k: v.to("meta") for k, v in
+                    list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))}
+            op = lambda *a, **k: torch.func.functional_call(module, meta, a, k)  # noqa: E731
+        elif n.op == "call_function" and n.target is F.linear and len(args) >= 2 and not kwargs:
+            return _zeros_like_linear(args[0], args[1])
+        elif (n.op == "call_function" and n.target in _HEAVY_FUNCTIONS) or (
+                n.op == "call_method" and n.target in _HEAVY_METHODS):
+            op = n.target if n.op == "call_function" else (lambda obj, *a, **k: getattr(obj, n.target)(*a, **k))
+        else:
+            return None
+        tensors = [v for v in pytree.tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor)]
+        if not tensors:
+            return None
+        device = tensors[0].device
+        to_meta = lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v  # noqa: E731
+        try:
+            out = op(*pytree.tree_map(to_meta, args), **pytree.tree_map(to_meta, kwargs))
+        except Exception:  # no meta kernel, or an argument meta cannot take: run it for real
+            return None
+        return pytree.tree_map(
+            lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if isinstance(t, torch.Tensor) else t, out)
+
     def call(self, node: torch.fx.Node, args, kwargs):
         """Call a node's op on other arguments, for real (used by rules that probe an op)."""
-        with unset_fake_temporarily():
-            return self._call(node, args, kwargs)
-
-    def _call(self, node: torch.fx.Node, args, kwargs):
         if node.op == "call_module":
             return self.module.get_submodule(node.target)(*args, **kwargs)
         if node.op == "call_method":
@@ -208,8 +236,20 @@ class ChannelFlow(torch.fx.Interpreter):
         self.approximate.append(node.name)
 
 
-def _has_fake(args, kwargs) -> bool:
-    return any(isinstance(v, FakeTensor) for v in pytree.tree_leaves((args, kwargs)))
+def _zeros_like_linear(x, weight):
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or x.dim() < 1 \
+            or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        return None  # let the op itself say what is wrong
+    return torch.zeros(*x.shape[:-1], weight.shape[0], dtype=torch.result_type(x, weight), device=x.device)
+
+
+# the ops whose arithmetic is nearly all of a forward pass; propagation only needs their shapes
+_HEAVY_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.ConvTranspose3d)
+_HEAVY_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                    F.conv_transpose3d, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.baddbmm,
+                    torch.addmm, torch.einsum, F.scaled_dot_product_attention}
+_HEAVY_METHODS = {"matmul", "mm", "bmm", "baddbmm", "addmm"}
 
 
 def _shape_of(v):

@@ -37,11 +37,11 @@ _TRAINING_ARGUMENT = {
 
 
 class PruneTracer(torch.fx.Tracer):
-    """A symbolic tracer that honours the configured leaf modules and records source lines."""
+    """A symbolic tracer that honours the configured leaf modules and, when asked, records source lines."""
 
-    def __init__(self, leaf_modules=()):
+    def __init__(self, leaf_modules=(), stack_traces: bool = False):
         super().__init__()
-        self.record_stack_traces = True
+        self.record_stack_traces = stack_traces  # a traceback per node: most of tracing's time
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
         self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
         self.failed_in: Optional[str] = None
@@ -60,8 +60,13 @@ class PruneTracer(torch.fx.Tracer):
             raise
 
 
-def trace(model: nn.Module, config: PruneConfig) -> torch.fx.GraphModule:
+def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> torch.fx.GraphModule:
     """Deep-copy ``model`` and trace it into a GraphModule.
+
+    Args:
+        model: the user's model; not changed.
+        config: leaf modules and concrete args.
+        stack_traces: record each node's source lines (see :func:`with_source_line`).
 
     Raises:
         TraceError: torch.fx could not follow the model; the message names the op, the
@@ -73,7 +78,7 @@ def trace(model: nn.Module, config: PruneConfig) -> torch.fx.GraphModule:
     root = copy.deepcopy(model)
     modes = {name: m.training for name, m in root.named_modules()}
     root.eval()
-    tracer = PruneTracer(config.leaf_modules)
+    tracer = PruneTracer(config.leaf_modules, stack_traces)
     try:
         graph = tracer.trace(root, concrete_args=config.concrete_args)
     except Exception as e:
@@ -83,6 +88,23 @@ def trace(model: nn.Module, config: PruneConfig) -> torch.fx.GraphModule:
     for name, m in gm.named_modules():
         m.training = modes.get(name, model.training)
     return gm
+
+
+def with_source_line(error: FxPruneError, model: nn.Module, config: PruneConfig) -> FxPruneError:
+    """The same error, its node's source line added.
+
+    Tracing without stack traces is several times faster, so prepare traces without them
+    and only an error that names a node pays for a second trace that records them (node
+    names are the same in both traces).
+    """
+    if error.node is None or error.node.meta.get("stack_trace"):
+        return error
+    traced = {n.name: n for n in trace(model, config, stack_traces=True).graph.nodes}
+    same = traced.get(error.node.name)
+    if same is None or not same.stack_trace:
+        return error
+    error.node.meta["stack_trace"] = same.stack_trace
+    return type(error)(error.message, node=error.node, hint=error.hint)
 
 
 def _dynamic_training_flags(gm: torch.fx.GraphModule) -> None:
