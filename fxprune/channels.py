@@ -198,13 +198,20 @@ class AtomTable:
             self.unify_rows(a[i], b[i], reason)
 
     def _unify_single(self, x: int, y: int, reason: str) -> None:
+        """:meth:`unify_rows` of two single atoms, without building their leaves where neither is refined."""
         rx, ry = self.find(x), self.find(y)
         if rx == ry:
             return
-        if rx in self.refined or ry in self.refined or rx in self.frozen or ry in self.frozen:
+        if rx in self.refined or ry in self.refined:
             self.unify_rows((x,), (y,), reason)
-        else:
+            return
+        why_x, why_y = self.frozen.get(rx), self.frozen.get(ry)
+        if why_x is None and why_y is None:
             self._union_roots(rx, ry)
+        elif why_y is None:
+            self.frozen.setdefault(ry, why_x or f"{reason}: tied to channels that are never pruned")
+        elif why_x is None:
+            self.frozen.setdefault(rx, why_y or f"{reason}: tied to channels that are never pruned")
 
     def freeze(self, dim: np.ndarray, reason: str) -> None:
         """Freeze every atom appearing in a dimension layout (or any array of atom ids)."""

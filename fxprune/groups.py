@@ -113,8 +113,9 @@ def resolve(flow) -> ChannelIndex:
 
     node_layouts = {name: pytree.tree_map(to_cids, lay) for name, lay in flow.layouts.items()}
     params = []
+    roots = _roots(atoms)
     for record in flow.params.values():
-        record.frozen = {d: _frozen_reasons(atoms, atom_live, dim)
+        record.frozen = {d: _frozen_reasons(atoms, roots, atom_live, dim)
                          for d, dim in enumerate(record.layout) if d in record.roles}
         record.layout = tuple(to_cids(d) for d in record.layout)
         params.append(record)
@@ -152,51 +153,84 @@ def _freeze_what_would_empty_a_layer(flow, table: np.ndarray) -> None:
             if d not in record.roles or dim.shape[0] == 0 or dim.shape[1] == 0:
                 continue
             flat = table[dim].reshape(dim.shape[0], -1)
-            rows = np.repeat(np.arange(dim.shape[0]), flat.shape[1])
-            ok = flat.ravel() >= 0
-            pairs = np.unique(np.stack([rows[ok], flat.ravel()[ok]]), axis=1)
-            leaves, counts = np.unique(pairs[1], return_counts=True)
+            if flat.shape[1] == 1:  # the common case: one leaf per row, and the rows differ
+                if flat[0, 0] < 0 or not (flat[:, 0] == flat[0, 0]).all():
+                    continue
+                everywhere = flat[:1, 0]
+            else:
+                distinct = _distinct_rows(flat)
+                leaves, counts = np.unique(distinct[distinct >= 0], return_counts=True)
+                everywhere = leaves[counts == dim.shape[0]]
             name = ".".join(p for p in record.refs[0] if p)
-            for leaf in leaves[counts == dim.shape[0]].tolist():
+            for leaf in everywhere.tolist():
                 atoms.frozen.setdefault(leaf, f"switching it off would remove every index of {name}'s dimension {d}")
 
 
-def _frozen_reasons(atoms: AtomTable, atom_live: np.ndarray, dim: np.ndarray) -> dict:
+def _frozen_reasons(atoms: AtomTable, roots: np.ndarray, atom_live: np.ndarray, dim: np.ndarray) -> dict:
     """reason -> how many indices of this dimension are frozen for it."""
     if dim.shape[1] == 0:
         return {_NEVER: dim.shape[0]} if dim.shape[0] else {}
     live_rows = atom_live[dim].any(axis=1)  # -1 picks the trailing False
     reasons: dict[str, int] = {}
-    for first in dim[~live_rows, 0].tolist():
-        reason = atoms.frozen_reason(first) if first >= 0 else None
-        reason = reason or _NEVER
-        reasons[reason] = reasons.get(reason, 0) + 1
+    first = dim[~live_rows, 0]
+    firsts, counts = np.unique(np.where(first >= 0, roots[first], NONE), return_counts=True)
+    for first, count in zip(firsts.tolist(), counts.tolist()):
+        reason = (atoms.frozen_reason(first) if first >= 0 else None) or _NEVER
+        reasons[reason] = reasons.get(reason, 0) + count
     return reasons
 
 
 _NEVER = "never prunable (fed by the input, size one, or coupled to something fixed)"
 
 
+def _roots(atoms: AtomTable) -> np.ndarray:
+    """atom -> its union-find root, by pointer jumping."""
+    roots = np.asarray(atoms.parent, dtype=np.int64)
+    while True:
+        up = roots[roots]
+        if np.array_equal(up, roots):
+            return roots
+        roots = up
+
+
 def _leaf_table(atoms: AtomTable) -> np.ndarray:
     """atom -> its live leaves, as rows of a ``[n_atoms + 1, k]`` array (last row: none)."""
     n = len(atoms.parent)
-    roots = np.asarray(atoms.parent, dtype=np.int64)
-    while True:  # pointer jumping: every atom ends up pointing at its root
-        up = roots[roots]
-        if np.array_equal(up, roots):
-            break
-        roots = up
-    special = {r: atoms.leaves((r,)) for r in set(atoms.refined) | set(atoms.frozen)}
-    k = max([len(v) for v in special.values()] + [1])
-    table = np.full((n + 1, k), NONE, dtype=np.int64)
+    roots = _roots(atoms)
+    table = np.full((n + 1, 1), NONE, dtype=np.int64)
     table[:n, 0] = roots
-    if special:
-        is_special = np.isin(roots, np.fromiter(special, dtype=np.int64))
-        for a in np.flatnonzero(is_special).tolist():
-            leaves = special[int(roots[a])]
-            table[a] = NONE
-            table[a, : len(leaves)] = leaves
+    frozen = np.fromiter(atoms.frozen, dtype=np.int64)
+    table[:n][np.isin(roots, frozen[roots[frozen] == frozen]), 0] = NONE  # a frozen root has no live leaf
+    refined = np.fromiter((r for r in atoms.refined if roots[r] == r), dtype=np.int64)
+    if refined.size == 0:
+        return table
+    # a refined root stands for the leaves of its factors, which may be refined in turn:
+    # gather the factors' rows until nothing changes (as deep as the nesting, usually once)
+    width = max(len(atoms.refined[r]) for r in refined.tolist())
+    factors = np.full((refined.size, width), n, dtype=np.int64)  # n: the row of no leaves
+    for i, r in enumerate(refined.tolist()):
+        factors[i, : len(atoms.refined[r])] = atoms.refined[r]
+    members = np.isin(roots, refined)
+    slot = np.searchsorted(np.sort(refined), roots[members])
+    rank = np.argsort(refined)
+    for _ in range(len(refined) + 1):
+        rows = _distinct_rows(table[factors].reshape(refined.size, -1))
+        grown = np.full((n + 1, max(table.shape[1], rows.shape[1])), NONE, dtype=np.int64)
+        grown[:, : table.shape[1]] = table
+        grown[:n][members] = NONE
+        grown[:n][members, : rows.shape[1]] = rows[rank[slot]]
+        if grown.shape == table.shape and np.array_equal(grown, table):
+            break
+        table = grown
     return table
+
+
+def _distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row's distinct non-negative entries, largest first, ``NONE``-padded to the longest row."""
+    rows = -np.sort(-rows, axis=1)
+    rows[:, 1:][rows[:, 1:] == rows[:, :-1]] = NONE
+    rows = -np.sort(-rows, axis=1)
+    return np.ascontiguousarray(rows[:, : max(1, int((rows >= 0).sum(axis=1).max(initial=0)))])
 
 
 def _rows_to_cids(dim: np.ndarray, leaf_table: np.ndarray, cid_of_leaf: np.ndarray) -> np.ndarray:
