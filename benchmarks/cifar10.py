@@ -250,7 +250,7 @@ RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l
 
 
 def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: float, args) -> dict:
-    torch.manual_seed(1)
+    torch.manual_seed(1 + args.seed)
     start = time.time()
     x = torch.randn(1, 3, 32, 32)
     base = fxprune.count(dense, x)
@@ -315,6 +315,8 @@ def parse_args(argv=None):
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0,
+                   help="shuffle and augmentation order, and each row's torch seed (a cached dense model is reused)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/cifar10")
     p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
@@ -333,7 +335,7 @@ def main(argv=None) -> int:
             setattr(proto, field, getattr(args, field))
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
-    loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
+    loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=args.seed, scratch_dir=args.scratch)
     dense = dense_model(args.model, loaders, proto, out, args.progress)
     results_path = out / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else {}
