@@ -326,3 +326,22 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x):
         return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_finalize_leaves_the_prepared_model_as_it_was():
+    pm = fxprune.prepare(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
+    zero_channels(pm, 0.5)
+    conv = pm.get_submodule("layer1.0.conv1")
+    conv.register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in pm.state_dict().items()}
+    with torch.no_grad():
+        out = pm.eval()(x)
+    small = fxprune.finalize(pm)
+    assert conv.out_channels == 64 and len(conv._forward_hooks) == 1 and conv.weight.shape[0] == 64
+    assert small.get_submodule("layer1.0.conv1") is not conv
+    assert before.keys() == pm.state_dict().keys()
+    assert all(torch.equal(before[k], v) for k, v in pm.state_dict().items())
+    assert hasattr(pm, "fxprune") and hasattr(pm, "fxprune_state") and not hasattr(small, "fxprune")
+    with torch.no_grad():
+        assert torch.equal(pm(x), out)
