@@ -181,13 +181,17 @@ class EPFS:
             mean = np.mean(list(gates.values())) if gates else 0.0
             gate_scores = {b: v / mean if mean > 0 else v for b, v in gates.items()}
         if not self.macs_weighted:  # cost counts once: a weighted penalty already pushed costly structures harder
-            cost = np.maximum(channel_macs(self.pm), 1e-12)
-            scale = cost.mean()
+            cost = channel_macs(self.pm)
+            scale = max(float(cost.mean()), 1e-12)
+
+            def per_cost(score, macs):  # a score per unit of MACs, relative to the mean channel's
+                return score / np.maximum(macs / scale, 1e-12)
+
             if channel_scores is not None:
-                channel_scores = channel_scores / (cost / scale)
+                channel_scores = per_cost(channel_scores, cost)
             if gate_scores is not None:
                 bcost = branch_macs(self.pm)
-                gate_scores = {b: v / max(bcost.get(b, 0.0) / scale, 1e-12) for b, v in gate_scores.items()}
+                gate_scores = {b: float(per_cost(v, bcost.get(b, 0.0))) for b, v in gate_scores.items()}
         return prune_to_macs(self.pm, target, channel_scores, gate_scores)
 
     def anneal(self, progress: float, target: float, until: float = 0.5) -> Optional[BudgetResult]:
