@@ -9,7 +9,7 @@ number of further epochs, so all rows have the same total epochs):
    - ``dense``: keeps training the dense model (the reference at the same total epochs);
    - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
      Loss) during which structures are switched off gradually (``EPFS.anneal``, the whole
-     target by half the phase, ``--anneal-until``), pruned to the MACs target, finalized,
+     target by a quarter of the phase, ``--anneal-until``), pruned to the MACs target, finalized,
      fine-tuned for the rest;
    - ``oicsr``: ``sparse_epochs`` with the out-in group lasso, global greedy pruning to the
      target, finalized, fine-tuned for the rest;
@@ -159,7 +159,8 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
     pm = fxprune.prepare(model, x)
     epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
-                        filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only)
+                        filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only,
+                        normalise=args.normalise)
     total = proto.sparse_epochs * len(loaders[0])  # gradual pruning: the target is off by anneal_until of the phase
     hooks = [epfs.anneal_hook(total, target, args.anneal_until)] if args.anneal_until > 0 else []
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
@@ -168,7 +169,8 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
     result = epfs.prune(target=target)
     epfs.close()
     return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result), "gates_removed": result.branches,
-                                                        "anneal_until": args.anneal_until}
+                                                        "anneal_until": args.anneal_until, "mask_l1": args.mask_l1,
+                                                        "normalise": args.normalise}
 
 
 def run_oicsr(model, loaders, proto, target, args):
@@ -307,11 +309,13 @@ def parse_args(argv=None):
     p.add_argument("--target", type=float, default=0.5, help="MACs reduction for every pruned row")
     p.add_argument("--subset", type=int, default=None, help="images per class (train and test)")
     p.add_argument("--mask-lr", type=float, default=0.1)
-    p.add_argument("--mask-l1", type=float, default=0.01)
+    p.add_argument("--mask-l1", type=float, default=0.003)
     p.add_argument("--mask-l2", type=float, default=1e-4)
     p.add_argument("--gate-l1", type=float, default=0.01)
     p.add_argument("--center", type=float, default=1e-3)
-    p.add_argument("--anneal-until", type=float, default=0.5,
+    p.add_argument("--normalise", action="store_true",
+                   help="EPFS(normalise=True): hold the largest mask of each BatchNorm-normalised group at 1")
+    p.add_argument("--anneal-until", type=float, default=0.25,
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
