@@ -16,7 +16,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from . import verify
+from . import copies, verify
 from .branches import find_branches
 from .config import PruneConfig
 from .decide import decide
@@ -144,18 +144,18 @@ def _copy_sharing_tensors(prepared: torch.fx.GraphModule, state: PruneState) -> 
 
 
 def _unshare(gm: torch.nn.Module, prepared: torch.nn.Module) -> None:
-    """Give ``gm`` its own copy of every tensor it still shares with ``prepared``."""
+    """Give ``gm`` its own (copy-on-write) copy of every tensor it still shares with ``prepared``."""
     shared = {id(t) for t in list(prepared.parameters()) + list(prepared.buffers())}
-    copies: dict = {}
+    done: dict = {}
     for m in gm.modules():
         for store in (m._parameters, m._buffers):
             for name, t in store.items():
                 if t is not None and id(t) in shared:
-                    if id(t) not in copies:
-                        clone = t.detach().clone()
-                        copies[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) \
+                    if id(t) not in done:
+                        clone = copies.clone(t)
+                        done[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) \
                             if isinstance(t, nn.Parameter) else clone
-                    store[name] = copies[id(t)]
+                    store[name] = done[id(t)]
 
 
 def _conv_inputs(gm, state, plan) -> dict:

@@ -1,7 +1,8 @@
 """Tracing with torch.fx: leaf-module policy, clear errors, example inputs.
 
-The caller's model is deep-copied before tracing, so nothing fxprune does later
-(inserting masks, training them, slicing weights) can reach it.
+The caller's model is deep-copied before tracing (its tensors copy-on-write, see
+:mod:`fxprune.copies`), so nothing fxprune does later (inserting masks, training
+them, slicing weights) can reach it.
 
 Example:
     >>> gm = trace(torchvision.models.resnet18(), PruneConfig())   # doctest: +SKIP
@@ -11,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import os
 import traceback
 from typing import Any, Optional
@@ -24,6 +24,7 @@ import torchvision
 from torchvision.models import swin_transformer
 
 from .config import PruneConfig
+from .copies import copy_module
 from .errors import FxPruneError, TraceError
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -75,7 +76,7 @@ def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> 
     if not isinstance(model, nn.Module):
         raise FxPruneError(f"prepare expects an nn.Module, got {type(model).__name__}",
                            hint="pass the model itself, for example torchvision.models.resnet18()")
-    root = copy.deepcopy(model)
+    root = copy_module(model)
     modes = {name: m.training for name, m in root.named_modules()}
     root.eval()
     tracer = PruneTracer(config.leaf_modules, stack_traces)

@@ -1,0 +1,74 @@
+"""Copies of tensors and modules that cost nothing until one side writes (copy-on-write).
+
+prepare copies the user's model so that nothing fxprune does can reach it, and finalize
+copies the tensors it does not slice. A plain ``deepcopy`` clones every weight, which on
+a large model is most of prepare's time and doubles its memory, although prepare,
+pruning and finalize only read the weights. ``torch._lazy_clone`` gives a copy that
+shares the memory until either side first writes; the writer then gets its own copy.
+Both sides keep their values whatever the other does, exactly as with ``clone``.
+
+Copy-on-write is only used where it cannot change what the user's tensor is: a dense,
+non-quantized tensor that shares its storage with no other parameter or buffer (views of
+one storage must stay views of one storage in the copy), is not in shared memory (a
+write on the user's side would leave the shared segment) and is not pinned. Anything else,
+or a torch without ``_lazy_clone``, falls back to an ordinary clone or deepcopy.
+
+Example:
+    >>> a = torch.ones(3)
+    >>> b = clone(a)
+    >>> _ = b.add_(1)
+    >>> a.tolist(), b.tolist()
+    ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+_LAZY = getattr(torch, "_lazy_clone", None)
+
+
+def clone(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t``: copy-on-write where that is safe, else ``t.detach().clone()``."""
+    t = t.detach()
+    return _LAZY(t) if _LAZY is not None and _lazy_ok(t) else t.clone()
+
+
+def copy_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` whose parameters and buffers are copy-on-write copies.
+
+    Falls back to a plain deepcopy when any tensor of the model cannot be copied lazily
+    (see the module docstring) or two of its tensors share a storage.
+    """
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
+    if _LAZY is None or not all(_lazy_ok(t) for t in tensors) or _storages_shared(tensors):
+        return copy.deepcopy(model)
+    memo = {}
+    for t in tensors:
+        if isinstance(t, nn.Parameter):
+            if type(t) is not nn.Parameter or t.__dict__:  # a subclass or extra attributes: deepcopy knows them
+                return copy.deepcopy(model)
+            memo[id(t)] = nn.Parameter(_LAZY(t.detach()), requires_grad=t.requires_grad)
+        elif type(t) is torch.Tensor:
+            memo[id(t)] = _LAZY(t.detach()).requires_grad_(t.requires_grad)
+        else:
+            return copy.deepcopy(model)
+    return copy.deepcopy(model, memo)
+
+
+def _lazy_ok(t: torch.Tensor) -> bool:
+    return (t.layout == torch.strided and not t.is_quantized and t.device.type != "meta"
+            and not t.is_shared() and not (t.device.type == "cpu" and t.is_pinned()))
+
+
+def _storages_shared(tensors) -> bool:
+    seen = set()
+    for t in tensors:
+        key = t.untyped_storage()._cdata
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
