@@ -194,8 +194,35 @@ class AtomTable:
                 if x != y:
                     self._unify_single(x, y, reason)
             return
+        if self._refine_fresh(a, b) or self._refine_fresh(b, a):
+            return
         for i in range(a.shape[0]):
             self.unify_rows(a[i], b[i], reason)
+
+    def _refine_fresh(self, atoms: np.ndarray, product: np.ndarray) -> bool:
+        """:meth:`unify` of single atoms with a product, where that is one refinement per row.
+
+        A grouped convolution's input channels meet its (group, channel-in-group) product:
+        each input channel is a distinct live atom, and each product row distinct live atoms
+        of other classes, so :meth:`unify_rows` would refine every atom into its row. This
+        does the same without building leaves row by row. Returns False, changing nothing,
+        where the rows are not that simple (the caller then goes row by row).
+        """
+        if atoms.shape[1] != 1 or product.shape[1] < 2 or (atoms < 0).any():
+            return False
+        find, refined, frozen = self.find, self.refined, self.frozen
+        roots = [find(a) for a in atoms[:, 0].tolist()]
+        taken = set(roots)
+        if len(taken) != len(roots) or any(r in refined or r in frozen for r in roots):
+            return False
+        factors = []
+        for row_atoms in product.tolist():
+            row_roots = {find(a) for a in row_atoms if a >= 0}
+            if len(row_roots) < 2 or any(r in refined or r in frozen or r in taken for r in row_roots):
+                return False
+            factors.append(tuple(sorted(row_roots)))
+        refined.update(zip(roots, factors))
+        return True
 
     def _unify_single(self, x: int, y: int, reason: str) -> None:
         """:meth:`unify_rows` of two single atoms, without building their leaves where neither is refined."""
@@ -203,6 +230,12 @@ class AtomTable:
         if rx == ry:
             return
         if rx in self.refined or ry in self.refined:
+            plain, other = (ry, rx) if rx in self.refined else (rx, ry)
+            if plain not in self.refined and plain not in self.frozen:
+                factors = self.leaves((other,))
+                if len(factors) >= 2 and plain not in factors:  # what unify_rows would do, sooner
+                    self.refined[plain] = factors
+                    return
             self.unify_rows((x,), (y,), reason)
             return
         why_x, why_y = self.frozen.get(rx), self.frozen.get(ry)
