@@ -35,7 +35,7 @@ is downloaded. Results go to ``--out``: ``results.json``, ``table.md`` and ``acc
 finished rows are reused when the command is run again (``--fresh`` to redo them all,
 ``--redo METHOD ...`` to redo some).
 
-Protocols: ``quick`` (6 dense + 4 per method, 2 of them sparse: 30 epochs for six rows, about
+Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for six rows, about
 an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU).
 """
 
@@ -81,7 +81,7 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "quick": Protocol(dense_epochs=6, method_epochs=4, sparse_epochs=2),
+    "quick": Protocol(dense_epochs=6, method_epochs=4, sparse_epochs=1),
     "full": Protocol(dense_epochs=160, method_epochs=80, sparse_epochs=40),
 }
 METHODS = ("dense", "epfs", "epfs-filters", "oicsr", "l1", "slimming", "tp", "epfs-blocks")
