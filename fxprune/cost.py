@@ -80,6 +80,26 @@ def channel_macs(pm) -> np.ndarray:
     return macs
 
 
+def mean_channel_macs(macs: np.ndarray) -> float:
+    """The mean estimated MACs of the channels that cost any (1.0 where none does).
+
+    The unit that the methods rank and weight costs in: a channel of relative cost 1.0
+    is an average one, whatever the model's size.
+    """
+    paying = macs > 0
+    return float(macs[paying].mean()) if paying.any() else 1.0
+
+
+def relative_channel_macs(pm, floor: float = 0.0) -> np.ndarray:
+    """Each channel's estimated MACs in units of :func:`mean_channel_macs`, at least ``floor``.
+
+    ``floor`` keeps channels that cost nothing from dividing by zero where the result is a
+    divisor or a penalty weight.
+    """
+    macs = channel_macs(pm)
+    return np.maximum(macs / mean_channel_macs(macs), floor)
+
+
 def group_macs(pm) -> dict:
     """group name -> estimated MACs its channels take part in."""
     state = state_of(pm)

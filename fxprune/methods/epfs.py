@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cost import branch_macs, channel_macs
+from ..cost import branch_macs, channel_macs, mean_channel_macs, relative_channel_macs
 from ..errors import FxPruneError
 from ..fold import can_fold_into, module_calls, norm_after
 from ..masks import ROLE, gate_parameters, mask_parameters, role
@@ -182,10 +182,10 @@ class EPFS:
             gate_scores = {b: v / mean if mean > 0 else v for b, v in gates.items()}
         if not self.macs_weighted:  # cost counts once: a weighted penalty already pushed costly structures harder
             cost = channel_macs(self.pm)
-            scale = max(float(cost.mean()), 1e-12)
+            unit = mean_channel_macs(cost)
 
             def per_cost(score, macs):  # a score per unit of MACs, relative to the mean channel's
-                return score / np.maximum(macs / scale, 1e-12)
+                return score / np.maximum(macs / unit, 1e-12)
 
             if channel_scores is not None:
                 channel_scores = per_cost(channel_scores, cost)
@@ -288,13 +288,12 @@ class EPFS:
 
     def _mask_weights(self) -> list:
         index = state_of(self.pm).index
-        cost = channel_macs(self.pm)
-        mean = cost[cost > 0].mean() if (cost > 0).any() else 1.0
+        cost = relative_channel_macs(self.pm, floor=1e-3)
         out = []
         for gi, g in enumerate(index.groups):
             members = np.flatnonzero(index.group_of == gi)
             w = np.ones(g.size)
-            w[index.position[members]] = np.maximum(cost[members], 1e-3 * mean) / mean
+            w[index.position[members]] = cost[members]
             out.append(torch.as_tensor(w, dtype=self.pm.fxprune.masks[g.name].dtype))
         return out
 

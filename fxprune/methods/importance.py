@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from ..cost import channel_macs
+from ..cost import relative_channel_macs
 from ..errors import FxPruneError
 from ..slices import tied_slices
 from ..state import state_of
@@ -187,16 +187,14 @@ def _rounded(keep: int, n: int, round_to: Optional[int]) -> int:
 
 
 def _global_counts(pm, index, scores, members, skip, ratio: float) -> dict:
-    cost = channel_macs(pm)
-    mean_cost = float(cost[cost > 0].mean()) if (cost > 0).any() else 1.0
+    cost = relative_channel_macs(pm, floor=1e-12)
     keys, owners = [], []
     for i, channels in enumerate(members):
         if i in skip or channels.size < 2:
             continue
         s = scores[channels]
         rel = s / (s.mean() if s.mean() > 0 else 1.0)
-        c = np.maximum(cost[channels], 1e-12) / mean_cost
-        keys.append(rel / c)
+        keys.append(rel / cost[channels])
         owners.append(np.full(channels.size, i))
     if not keys:
         return {}

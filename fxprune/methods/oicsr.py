@@ -46,7 +46,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..cost import channel_macs
+from ..cost import relative_channel_macs
 from ..slices import tied_slices
 from ..state import state_of
 from .budget import (BudgetResult, alive_channels, current_masks, measured_macs, prune_to_macs, restore_masks,
@@ -71,10 +71,7 @@ class OutInGroupLasso:
         self.slices = [s for s in tied_slices(pm) if s.tensor.requires_grad or s.role != "channel"
                        if isinstance(s.tensor, torch.nn.Parameter)]
         self.n = state_of(pm).index.group_of.size
-        weights = np.ones(self.n)
-        if macs_weighted:
-            cost = channel_macs(pm)
-            weights = cost / cost[cost > 0].mean() if (cost > 0).any() else weights
+        weights = relative_channel_macs(pm) if macs_weighted else np.ones(self.n)
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
 
     def group_norms_sq(self) -> torch.Tensor:
