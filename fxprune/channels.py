@@ -190,9 +190,17 @@ class AtomTable:
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"cannot unify dimensions of sizes {a.shape[0]} and {b.shape[0]}")
         if a.shape[1] == 1 and b.shape[1] == 1 and (a >= 0).all() and (b >= 0).all():
+            find, parent, refined, frozen = self.find, self.parent, self.refined, self.frozen
             for x, y in zip(a[:, 0].tolist(), b[:, 0].tolist()):
-                if x != y:
+                rx, ry = find(x), find(y)
+                if rx == ry:
+                    continue
+                if rx in refined or ry in refined or rx in frozen or ry in frozen:
                     self._unify_single(x, y, reason)
+                elif rx < ry:  # _union_roots, inline: most pairs are two plain channels
+                    parent[ry] = rx
+                else:
+                    parent[rx] = ry
             return
         if self._refine_fresh(a, b) or self._refine_fresh(b, a):
             return
@@ -232,9 +240,12 @@ class AtomTable:
         if rx in self.refined or ry in self.refined:
             plain, other = (ry, rx) if rx in self.refined else (rx, ry)
             if plain not in self.refined and plain not in self.frozen:
-                factors = self.leaves((other,))
-                if len(factors) >= 2 and plain not in factors:  # what unify_rows would do, sooner
+                factors = self.leaves((other,))  # what unify_rows would do, sooner:
+                if len(factors) >= 2 and plain not in factors:
                     self.refined[plain] = factors
+                    return
+                if len(factors) == 1 and plain != factors[0]:
+                    self._union_roots(plain, factors[0])
                     return
             self.unify_rows((x,), (y,), reason)
             return

@@ -94,9 +94,10 @@ def resolve(flow) -> ChannelIndex:
     """Turn the atom table of a finished flow into channels and groups."""
     atoms: AtomTable = flow.atoms
     table = _leaf_table(atoms)  # both passes only add frozen leaves, so one table serves them
+    already = set(atoms.frozen)
     _freeze_unconsumed(flow, table)
     _freeze_what_would_empty_a_layer(flow, table)
-    leaf_table = _leaf_table(atoms)
+    leaf_table = _without_leaves(table, [r for r in atoms.frozen if r not in already])
     atom_live = np.r_[leaf_table[:-1, 0] >= 0, False]
     live = np.unique(leaf_table[leaf_table >= 0])
     cid_of_leaf = np.full(len(atoms.parent) + 1, NONE, dtype=np.int64)
@@ -223,6 +224,13 @@ def _leaf_table(atoms: AtomTable) -> np.ndarray:
             break
         table = grown
     return table
+
+
+def _without_leaves(table: np.ndarray, leaves: list) -> np.ndarray:
+    """:func:`_leaf_table` after freezing ``leaves``, which were live leaves of ``table``."""
+    if not leaves:
+        return table
+    return _distinct_rows(np.where(np.isin(table, leaves), NONE, table))
 
 
 def _distinct_rows(rows: np.ndarray) -> np.ndarray:
