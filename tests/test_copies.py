@@ -1,5 +1,6 @@
 """Copy-on-write copies: each side keeps its values whatever the other writes."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -85,3 +86,14 @@ def test_training_the_prepared_model_never_reaches_the_callers_weights():
     with torch.no_grad():
         model[0].weight.mul_(0)  # and the user's writes never reach the prepared model
     assert_same(values(pm), trained)
+
+
+@pytest.mark.skipif(not hasattr(torch._C, "_is_cow_tensor"), reason="this torch has no copy-on-write tensors")
+def test_prepare_and_finalize_never_materialise_the_copy():
+    # data_ptr() or an in-place write anywhere in prepare would copy every weight it touches
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    fxprune.prune_by_importance(pm, 0.5)
+    fxprune.finalize(pm)
+    assert all(torch._C._is_cow_tensor(p) for p in model.parameters())

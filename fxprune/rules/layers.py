@@ -36,7 +36,8 @@ def conv_module(ctx: RuleContext):
     tie = {0: x[1]} if transposed else ({1: x[1]} if m.groups == 1 else None)
     w = ctx.param("weight", roles=roles, tie=tie)
     b = ctx.param("bias", roles={0: "out"}, tie={0: w[1] if transposed else w[0]})
-    return conv_flow(ctx, w, b, m.groups, transposed, key=(m.weight.data_ptr(), "groups"))
+    # keyed by identity: data_ptr() would make prepare's copy-on-write weight copy itself
+    return conv_flow(ctx, w, b, m.groups, transposed, key=(id(m.weight), "groups"))
 
 
 @rule(F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
