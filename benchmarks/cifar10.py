@@ -27,13 +27,17 @@ Every pruned row is measured on its finalized model: top-1 on the 10,000 test im
 MACs and parameters (``fxprune.count``).
 
     python benchmarks/cifar10.py --data /tmp/fxprune-data/cifar10 --model resnet20 --protocol quick
+    python benchmarks/cifar10.py --data DIR --model resnet20 --methods dense epfs l1 slimming --seeds 0 1 2
     python benchmarks/cifar10.py --data DIR --model resnet56 --methods dense epfs-blocks --protocol quick
 
 ``--data`` is a CIFAR-10 image folder (``train/``, ``test/``), a torchvision CIFAR10 root,
 or the ``.tar.gz`` (extracted once into ``--scratch``, never into the repository). Nothing
-is downloaded. Results go to ``--out``: ``results.json``, ``table.md`` and ``accuracy_vs_macs.png``;
-finished rows are reused when the command is run again (``--fresh`` to redo them all,
-``--redo METHOD ...`` to redo some).
+is downloaded. ``--seeds`` runs every row once per seed (the method epochs' shuffling and
+augmentation, the row's torch seed; the dense starting point is shared) and the table gives the
+mean, the spread and the mean gap to the dense row of the same seed: one run moves a row by a few
+tenths of a point. Results go to ``--out/MODEL``: ``seedN/results.json`` per seed, and over the
+seeds ``summary.json``, ``table.md`` and ``accuracy_vs_macs.png``; finished rows are reused when
+the command is run again (``--fresh`` to redo them all, ``--redo METHOD ...`` to redo some).
 
 Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for six rows, about
 an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU).
@@ -251,8 +255,8 @@ RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l
 # -- the benchmark -----------------------------------------------------------------------------------
 
 
-def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: float, args) -> dict:
-    torch.manual_seed(1 + args.seed)
+def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: float, args, seed: int) -> dict:
+    torch.manual_seed(1 + seed)
     start = time.time()
     x = torch.randn(1, 3, 32, 32)
     base = fxprune.count(dense, x)
@@ -267,13 +271,43 @@ def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: 
             "epochs": proto.dense_epochs + proto.method_epochs, "seconds": time.time() - start, **notes}
 
 
-def table(rows: list, dense_top1: float) -> str:
-    body = [[r["method"], f"{100 * r['top1']:.2f}", f"{100 * (r['top1'] - dense_top1):+.2f}",
+def summarise(per_seed: dict) -> list:
+    """One row per method over the seeds that ran it: means, the spread of top-1 and the paired gap to dense.
+
+    "vs dense" is the mean over seeds of (row - dense of the same seed), so the shuffling that both
+    rows of a seed share cancels out; the top-1 spread is the sample standard deviation.
+    """
+    rows = []
+    for method in METHODS:
+        runs = {seed: rows_[method] for seed, rows_ in per_seed.items() if method in rows_}
+        if not runs:
+            continue
+        top1 = [r["top1"] for r in runs.values()]
+        gaps = [r["top1"] - per_seed[s]["dense"]["top1"] for s, r in runs.items() if "dense" in per_seed[s]]
+        row = {"method": method, "seeds": sorted(runs), "top1": float(np.mean(top1)),
+               "top1_sd": float(np.std(top1, ddof=1)) if len(top1) > 1 else None, "top1_per_seed": top1,
+               "vs_dense": float(np.mean(gaps)) if gaps else None, "epochs": next(iter(runs.values()))["epochs"]}
+        for key in ("macs", "params", "macs_reduction", "params_reduction", "top1_before_finetune"):
+            values = [r[key] for r in runs.values() if key in r]
+            if values:
+                row[key] = float(np.mean(values))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list) -> str:
+    def pct(value):
+        return "" if value is None else f"{100 * value:.2f}"
+
+    body = [[r["method"], len(r["seeds"]), pct(r["top1"]), pct(r["top1_sd"]),
+             " ".join(f"{100 * t:.2f}" for t in r["top1_per_seed"]),
+             "" if r["vs_dense"] is None else f"{100 * r['vs_dense']:+.2f}",
              f"{100 * r['top1_before_finetune']:.1f}" if "top1_before_finetune" in r else "",
              f"{r['macs'] / 1e6:.1f}", f"{100 * r['macs_reduction']:.1f}%", f"{r['params'] / 1e6:.3f}",
              f"{100 * r['params_reduction']:.1f}%", r["epochs"]] for r in rows]
-    return tabulate(body, headers=["method", "top-1 %", "vs dense", "right after pruning", "MMACs", "MACs removed",
-                                   "M params", "params removed", "epochs"], tablefmt="github")
+    return tabulate(body, headers=["method", "seeds", "top-1 %", "sd", "per seed", "vs dense",
+                                   "right after pruning", "MMACs", "MACs removed", "M params", "params removed",
+                                   "epochs"], tablefmt="github")
 
 
 def plot(rows: list, path: Path, title: str) -> None:
@@ -319,8 +353,10 @@ def parse_args(argv=None):
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0,
-                   help="shuffle and augmentation order, and each row's torch seed (a cached dense model is reused)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="run every row once per seed (shuffling and augmentation order of the method epochs, "
+                        "the row's torch seed); the table gives means and the spread. The dense starting "
+                        "point is shared: trained once, with seed 0's order")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/cifar10")
     p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
@@ -339,8 +375,25 @@ def main(argv=None) -> int:
             setattr(proto, field, getattr(args, field))
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
-    loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=args.seed, scratch_dir=args.scratch)
+    loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
     dense = dense_model(args.model, loaders, proto, out, args.progress)
+    per_seed = {seed: run_seed(seed, dense, loaders, proto, out / f"seed{seed}", args) for seed in args.seeds}
+    rows = summarise(per_seed)
+    meta = {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
+            "seeds": args.seeds, "torch": torch.__version__, "args": vars(args)}
+    (out / "summary.json").write_text(json.dumps({**meta, "rows": rows, "per_seed": per_seed}, indent=1))
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    plot(rows, out / "accuracy_vs_macs.png", f"{args.model}, CIFAR-10, {args.protocol} protocol, "
+                                             f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")
+    print(text)
+    return 0
+
+
+def run_seed(seed: int, dense: nn.Module, loaders, proto: Protocol, out: Path, args) -> dict:
+    """Every requested row for one seed, reusing rows already in ``out/results.json``; returns them by method."""
+    out.mkdir(parents=True, exist_ok=True)
+    loaders[0].seed = seed
     results_path = out / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else {}
     rows = {r["method"]: r for r in saved.get("rows", [])
@@ -354,20 +407,14 @@ def main(argv=None) -> int:
             except ImportError:
                 print("torch_pruning is not installed: no tp row (pip install torch-pruning)")
                 continue
-        print(f"== {args.model} {method}", flush=True)
-        rows[method] = run_method(method, dense, loaders, proto, args.target, args)
+        print(f"== {args.model} {method} seed {seed}", flush=True)
+        rows[method] = {**run_method(method, dense, loaders, proto, args.target, args, seed), "threads": args.threads}
         print(json.dumps(rows[method]), flush=True)
         meta = {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+                "seed": seed, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
                 "torch": torch.__version__, "args": vars(args)}
         results_path.write_text(json.dumps({**meta, "rows": list(rows.values())}, indent=1))
-    ordered = [rows[m] for m in METHODS if m in rows]
-    dense_top1 = rows["dense"]["top1"] if "dense" in rows else float("nan")
-    text = table(ordered, dense_top1)
-    (out / "table.md").write_text(text + "\n")
-    plot(ordered, out / "accuracy_vs_macs.png", f"{args.model}, CIFAR-10, {args.protocol} protocol")
-    print(text)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
