@@ -152,9 +152,7 @@ def _unshare(gm: torch.nn.Module, prepared: torch.nn.Module) -> None:
             for name, t in store.items():
                 if t is not None and id(t) in shared:
                     if id(t) not in done:
-                        clone = copies.clone(t)
-                        done[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) \
-                            if isinstance(t, nn.Parameter) else clone
+                        done[id(t)] = copies.clone_like(t)
                     store[name] = done[id(t)]
 
 

@@ -37,6 +37,14 @@ def clone(t: torch.Tensor) -> torch.Tensor:
     return _LAZY(t) if _LAZY is not None and _lazy_ok(t) else t.clone()
 
 
+def clone_like(t: torch.Tensor) -> torch.Tensor:
+    """:func:`clone` of ``t`` as the same kind: a Parameter stays one, ``requires_grad`` is kept."""
+    copied = clone(t)
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(copied, requires_grad=t.requires_grad)
+    return copied.requires_grad_(t.requires_grad)
+
+
 def copy_module(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)`` whose parameters and buffers are copy-on-write copies.
 
@@ -46,17 +54,10 @@ def copy_module(model: nn.Module) -> nn.Module:
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
     if _LAZY is None or not all(_lazy_ok(t) for t in tensors) or _storages_shared(tensors):
         return copy.deepcopy(model)
-    memo = {}
-    for t in tensors:
-        if isinstance(t, nn.Parameter):
-            if type(t) is not nn.Parameter or t.__dict__:  # a subclass or extra attributes: deepcopy knows them
-                return copy.deepcopy(model)
-            memo[id(t)] = nn.Parameter(_LAZY(t.detach()), requires_grad=t.requires_grad)
-        elif type(t) is torch.Tensor:
-            memo[id(t)] = _LAZY(t.detach()).requires_grad_(t.requires_grad)
-        else:
-            return copy.deepcopy(model)
-    return copy.deepcopy(model, memo)
+    plain = (nn.Parameter, torch.Tensor)
+    if any(type(t) not in plain or t.__dict__ for t in tensors):  # subclasses, extra attributes: deepcopy knows them
+        return copy.deepcopy(model)
+    return copy.deepcopy(model, {id(t): clone_like(t) for t in tensors})
 
 
 def _lazy_ok(t: torch.Tensor) -> bool:
