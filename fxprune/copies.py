@@ -38,11 +38,14 @@ def clone(t: torch.Tensor) -> torch.Tensor:
 
 
 def clone_like(t: torch.Tensor) -> torch.Tensor:
-    """:func:`clone` of ``t`` as the same kind: a Parameter stays one, ``requires_grad`` is kept."""
+    """:func:`clone` of ``t`` as the same kind: a Parameter stays one, ``requires_grad`` and
+    attributes set on the tensor (``p.no_decay = True``) are kept."""
     copied = clone(t)
-    if isinstance(t, nn.Parameter):
-        return nn.Parameter(copied, requires_grad=t.requires_grad)
-    return copied.requires_grad_(t.requires_grad)
+    copied = nn.Parameter(copied, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+        else copied.requires_grad_(t.requires_grad)
+    if t.__dict__:
+        copied.__dict__.update(copy.deepcopy(t.__dict__))
+    return copied
 
 
 def copy_module(model: nn.Module) -> nn.Module:
@@ -54,8 +57,7 @@ def copy_module(model: nn.Module) -> nn.Module:
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
     if _LAZY is None or not all(_lazy_ok(t) for t in tensors) or _storages_shared(tensors):
         return copy.deepcopy(model)
-    plain = (nn.Parameter, torch.Tensor)
-    if any(type(t) not in plain or t.__dict__ for t in tensors):  # subclasses, extra attributes: deepcopy knows them
+    if any(type(t) not in (nn.Parameter, torch.Tensor) for t in tensors):  # subclasses: deepcopy knows them
         return copy.deepcopy(model)
     return copy.deepcopy(model, {id(t): clone_like(t) for t in tensors})
 

@@ -43,6 +43,16 @@ def test_copy_keeps_parameters_trainable_and_buffers_not():
     assert [n for n, _ in copied.named_parameters()] == [n for n, _ in model.named_parameters()]
 
 
+def test_attributes_set_on_parameters_and_buffers_survive_the_copy():
+    # copy.deepcopy keeps a buffer's but drops a Parameter's (torch's Parameter.__deepcopy__)
+    model = nn.BatchNorm1d(3)
+    model.weight.fxprune_test_tag = "w"
+    model.running_mean.fxprune_test_tag = "b"
+    copied = copy_module(model)
+    assert copied.weight.fxprune_test_tag == "w" and copied.running_mean.fxprune_test_tag == "b"
+    assert copied.weight is not model.weight and copied.running_mean is not model.running_mean
+
+
 def test_tied_parameters_stay_one_parameter():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
     model[1].weight = model[0].weight
