@@ -44,8 +44,11 @@ class Plan:
         return int(self.keep(cids).size)
 
 
-def decide(pm, state, threshold: float) -> Plan:
+def decide(pm, state, threshold: float, validate: bool = True) -> Plan:
     """Read the masks and gates of a prepared model and decide what finalize removes.
+
+    With ``validate=False`` a plan that empties a group is returned rather than refused
+    (see :func:`emptied_groups`).
 
     Raises:
         MaskError: a mask or gate holds NaN or inf, or a group that is not inside a removed
@@ -76,7 +79,8 @@ def decide(pm, state, threshold: float) -> Plan:
         if b.name in dead:
             removed.update(b.nodes)
     plan = Plan(alive, group_alive, dead, removed)
-    _check_no_group_emptied(state, plan)
+    if validate:
+        _check_no_group_emptied(state, plan)
     return plan
 
 
@@ -88,15 +92,26 @@ def _check_finite(values: torch.Tensor, what: str) -> None:
                              "mask with pm.fxprune.masks[...].data.nan_to_num_(0.0)")
 
 
-def _check_no_group_emptied(state, plan: Plan) -> None:
+def emptied_groups(state, plan: Plan) -> list:
+    """The channel groups the plan would empty outside removed branches: (group, a live member) pairs.
+
+    A group whose every member lies inside a removed branch may lose all its channels;
+    the branch goes with them.
+    """
+    out = []
     for g in state.index.groups:
         if plan.group_alive[g.name].any():
             continue
-        live_members = [m for m in g.members if m.kind == "node" and _node_of(m.name) not in plan.removed_nodes]
-        if not live_members:
-            continue
-        producers = ", ".join(str(m) for m in g.producers[:3]) or str(live_members[0])
-        branch = next((b for b in state.branches if _node_of(live_members[0].name) in b.nodes), None)
+        live = next((m for m in g.members if m.kind == "node" and _node_of(m.name) not in plan.removed_nodes), None)
+        if live is not None:
+            out.append((g, live))
+    return out
+
+
+def _check_no_group_emptied(state, plan: Plan) -> None:
+    for g, live in emptied_groups(state, plan):
+        producers = ", ".join(str(m) for m in g.producers[:3]) or str(live)
+        branch = next((b for b in state.branches if _node_of(live.name) in b.nodes), None)
         also = f", or zero gate {branch.name} to remove its whole branch" if branch else ""
         raise MaskError(f"mask {g.name} would remove all {g.size} channels of its group (made by {producers}); "
                         "a layer with no channels left is not a valid model",

@@ -163,3 +163,23 @@ def test_masks_of_batchnorm_normalised_groups_keep_their_largest_at_one():
         mask = pm.fxprune.masks[name].detach()
         assert float(mask.abs().max()) == pytest.approx(1.0) and float(mask.min()) < 1.0
     assert float(pm.fxprune.masks[stream].detach().abs().max()) < 1.0  # shrunk by l1 as before
+
+
+def _inner_group(pm, block: int):
+    return next(g.name for g in fxprune.channel_groups(pm)
+                if any(p.name == f"blocks.{block}.0.weight" for p in g.producers))
+
+
+def test_an_emptied_group_keeps_one_channel_unless_its_branch_is_removed():
+    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm)
+    gate0 = next(b.name for b in fxprune.branches(pm) if any(n.startswith("blocks_0") for n in b.nodes))
+    with torch.no_grad():
+        pm.fxprune.masks[_inner_group(pm, 0)].zero_()  # its branch goes too: nothing to keep
+        pm.fxprune.gates[gate0].zero_()
+        pm.fxprune.masks[_inner_group(pm, 1)].zero_()  # its branch stays: one channel comes back
+    with pytest.warns(UserWarning, match="emptied 1 channel group"):
+        epfs.prune()
+    assert int(pm.fxprune.masks[_inner_group(pm, 0)].count_nonzero()) == 0
+    assert int(pm.fxprune.masks[_inner_group(pm, 1)].count_nonzero()) == 1
+    assert_finalized_equals_masked(pm)

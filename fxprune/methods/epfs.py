@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..cost import branch_macs, channel_macs, mean_channel_macs, relative_channel_macs
+from ..decide import decide, emptied_groups
 from ..errors import FxPruneError
 from ..fold import can_fold_into, module_calls, norm_after
 from ..masks import ROLE, gate_parameters, mask_parameters, role
@@ -250,16 +251,21 @@ class EPFS:
                     state["x"].div_(scale)
 
     def _keep_one_per_group(self) -> None:
-        """A group FISTA emptied keeps its most important channel (by the l1 norm of its filters)."""
-        index = state_of(self.pm).index
-        emptied = [gi for gi, g in enumerate(index.groups) if not bool(self.pm.fxprune.masks[g.name].detach().any())]
+        """A group FISTA emptied keeps its most important channel (by the l1 norm of its filters).
+
+        Groups that live only inside a branch whose gate is zero are left empty: the branch
+        goes, and they with it.
+        """
+        state = state_of(self.pm)
+        index = state.index
+        emptied = [g.name for g, _ in emptied_groups(state, decide(self.pm, state, 0.0, validate=False))]
         if not emptied:
             return
         scores = channel_importance(self.pm, "l1")
+        gi_of = {g.name: gi for gi, g in enumerate(index.groups)}
         with torch.no_grad():
-            for gi in emptied:
-                name = index.groups[gi].name
-                members = np.flatnonzero(index.group_of == gi)
+            for name in emptied:
+                members = np.flatnonzero(index.group_of == gi_of[name])
                 best = members[np.argmax(scores[members])]
                 self.pm.fxprune.masks[name][int(index.position[best])] = 1.0
         warnings.warn(f"the l1 penalty emptied {len(emptied)} channel group(s); each keeps its most important "
