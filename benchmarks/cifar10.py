@@ -166,7 +166,7 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
                         filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only,
                         normalise=args.normalise)
     total = proto.sparse_epochs * len(loaders[0])  # gradual pruning: the target is off by anneal_until of the phase
-    hooks = [epfs.anneal_hook(total, target, args.anneal_until)] if args.anneal_until > 0 else []
+    hooks = [epfs.anneal_hook(total, target, args.anneal_until, release=args.release)] if args.anneal_until > 0 else []
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
           extra_optimizers={"masks": epfs.optimizer}, step_hooks=hooks, progress=args.progress)
@@ -174,7 +174,7 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
     epfs.close()
     return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result), "gates_removed": result.branches,
                                                         "anneal_until": args.anneal_until, "mask_l1": args.mask_l1,
-                                                        "normalise": args.normalise}
+                                                        "normalise": args.normalise, "release": args.release}
 
 
 def run_oicsr(model, loaders, proto, target, args):
@@ -351,6 +351,8 @@ def parse_args(argv=None):
                    help="EPFS(normalise=True): hold the largest mask of each BatchNorm-normalised group at 1")
     p.add_argument("--anneal-until", type=float, default=0.25,
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
+    p.add_argument("--release", action="store_true",
+                   help="EPFS.anneal(release=True): no l1 once the target is switched off")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],

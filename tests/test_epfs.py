@@ -147,6 +147,25 @@ def test_anneal_switches_structures_off_on_a_schedule_and_holds_them_there():
     assert_finalized_equals_masked(pm)
 
 
+def test_anneal_release_drops_the_penalty_once_the_target_is_off_and_keeps_the_zeros():
+    torch.manual_seed(2)
+    pm = fxprune.prepare(Tiny(width=32), torch.randn(2, 3, 8, 8))
+    epfs = fxprune.EPFS(pm, lr=0.05, l1=1e-3)
+    x, y = data()
+    for step in range(20):
+        loss = F.cross_entropy(pm(x[:32]), y[:32]) + epfs.loss(y[:32])
+        epfs.zero_grad()
+        loss.backward()
+        epfs.step()
+        epfs.anneal(progress=(step + 1) / 20, target=0.4, until=0.5, release=True)
+        lams = [g["lam"] for g in epfs.optimizer.param_groups]
+        assert all(lam == 0 for lam in lams) == (step + 1 >= 10)
+    epfs.finish()
+    assert abs(epfs._annealed - 0.4) <= 0.02
+    assert epfs.prune(target=0.4).reduction == epfs._annealed  # the zeros were held without the penalty
+    assert_finalized_equals_masked(pm)
+
+
 def test_masks_of_batchnorm_normalised_groups_keep_their_largest_at_one():
     # Inner block channels feed conv + BatchNorm only: their common scale is invisible in
     # training, so EPFS holds it at 1 and l1 shrinks masks relative to their group.

@@ -195,7 +195,8 @@ class EPFS:
                 gate_scores = {b: float(per_cost(v, bcost.get(b, 0.0))) for b, v in gate_scores.items()}
         return prune_to_macs(self.pm, target, channel_scores, gate_scores)
 
-    def anneal(self, progress: float, target: float, until: float = 0.5) -> Optional[BudgetResult]:
+    def anneal(self, progress: float, target: float, until: float = 0.5,
+               release: bool = False) -> Optional[BudgetResult]:
         """Gradual pruning during sparse training: switch off structures as training goes.
 
         The MACs reduction reached so far follows Zhu and Gupta's cubic schedule,
@@ -211,21 +212,28 @@ class EPFS:
             progress: the share of the sparse phase done, in ``[0, 1]``.
             target: the MACs reduction to end with, in ``(0, 1)``.
             until: the share of the phase by which ``target`` is reached.
+            release: once ``target`` is off, set the l1 strengths to zero, so that the rest
+                of the phase trains the surviving masks and gates by their gradient alone
+                (what was switched off stays at zero). Off by default.
 
         Returns:
             The :class:`BudgetResult` of this step, or None if nothing was switched off.
         """
         goal = target * (1.0 - (1.0 - min(1.0, max(0.0, progress) / until)) ** 3)
-        if goal <= self._annealed + 1e-3:
-            return None
-        result = self.prune(target=goal)
-        self._annealed = result.reduction
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                self.optimizer.hold_at_zero(p, p.detach() == 0)
+        result = None
+        if goal > self._annealed + 1e-3:
+            result = self.prune(target=goal)
+            self._annealed = result.reduction
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    self.optimizer.hold_at_zero(p, p.detach() == 0)
+        if release and progress >= until:
+            for group in self.optimizer.param_groups:
+                group["lam"] = 0.0
         return result
 
-    def anneal_hook(self, total_steps: int, target: float, until: float = 0.5, every: int = 20):
+    def anneal_hook(self, total_steps: int, target: float, until: float = 0.5, every: int = 20,
+                    release: bool = False):
         """A :class:`fxprune.train.Trainer` step hook calling :meth:`anneal` every ``every`` steps.
 
         ``total_steps`` is the length of the sparse phase in optimiser steps.
@@ -233,7 +241,7 @@ class EPFS:
 
         def hook(trainer, step: int) -> None:
             if step % every == 0:
-                self.anneal(step / total_steps, target, until=until)
+                self.anneal(step / total_steps, target, until=until, release=release)
 
         return hook
 
