@@ -9,8 +9,8 @@ number of further epochs, so all rows have the same total epochs):
    - ``dense``: keeps training the dense model (the reference at the same total epochs);
    - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
      Loss) during which structures are switched off gradually (``EPFS.anneal``, the whole
-     target by a quarter of the phase, ``--anneal-until``), pruned to the MACs target, finalized,
-     fine-tuned for the rest;
+     target by a quarter of the phase, ``--anneal-until``; then the l1 stops, ``--no-release``
+     keeps it), pruned to the MACs target, finalized, fine-tuned for the rest;
    - ``oicsr``: ``sparse_epochs`` with the out-in group lasso, global greedy pruning to the
      target, finalized, fine-tuned for the rest;
    - ``l1``: L1-norm filter pruning (Li et al., ICLR 2017) straight from the dense model,
@@ -351,8 +351,8 @@ def parse_args(argv=None):
                    help="EPFS(normalise=True): hold the largest mask of each BatchNorm-normalised group at 1")
     p.add_argument("--anneal-until", type=float, default=0.25,
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
-    p.add_argument("--release", action="store_true",
-                   help="EPFS.anneal(release=True): no l1 once the target is switched off")
+    p.add_argument("--no-release", dest="release", action="store_false",
+                   help="EPFS.anneal(release=False): keep the l1 on after the target is switched off")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
