@@ -381,8 +381,7 @@ def main(argv=None) -> int:
     dense = dense_model(args.model, loaders, proto, out, args.progress)
     per_seed = {seed: run_seed(seed, dense, loaders, proto, out / f"seed{seed}", args) for seed in args.seeds}
     rows = summarise(per_seed)
-    meta = {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
-            "seeds": args.seeds, "torch": torch.__version__, "args": vars(args)}
+    meta = {**run_meta(args, proto), "seeds": args.seeds}
     (out / "summary.json").write_text(json.dumps({**meta, "rows": rows, "per_seed": per_seed}, indent=1))
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
@@ -390,6 +389,13 @@ def main(argv=None) -> int:
                                              f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")
     print(text)
     return 0
+
+
+def run_meta(args, proto: Protocol) -> dict:
+    """What a results file records about the run that wrote it."""
+    return {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+            "torch": torch.__version__, "args": vars(args)}
 
 
 def run_seed(seed: int, dense: nn.Module, loaders, proto: Protocol, out: Path, args) -> dict:
@@ -412,9 +418,7 @@ def run_seed(seed: int, dense: nn.Module, loaders, proto: Protocol, out: Path, a
         print(f"== {args.model} {method} seed {seed}", flush=True)
         rows[method] = {**run_method(method, dense, loaders, proto, args.target, args, seed), "threads": args.threads}
         print(json.dumps(rows[method]), flush=True)
-        meta = {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
-                "seed": seed, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
-                "torch": torch.__version__, "args": vars(args)}
+        meta = {**run_meta(args, proto), "seed": seed}
         results_path.write_text(json.dumps({**meta, "rows": list(rows.values())}, indent=1))
     return rows
 

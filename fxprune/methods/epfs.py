@@ -269,16 +269,16 @@ class EPFS:
         """
         state = state_of(self.pm)
         index = state.index
-        emptied = [g.name for g, _ in emptied_groups(state, decide(self.pm, state, 0.0, validate=False))]
+        emptied = {g.name for g, _ in emptied_groups(state, decide(self.pm, state, 0.0, validate=False))}
         if not emptied:
             return
         scores = channel_importance(self.pm, "l1")
-        gi_of = {g.name: gi for gi, g in enumerate(index.groups)}
         with torch.no_grad():
-            for name in emptied:
-                members = np.flatnonzero(index.group_of == gi_of[name])
-                best = members[np.argmax(scores[members])]
-                self.pm.fxprune.masks[name][int(index.position[best])] = 1.0
+            for gi, g in enumerate(index.groups):
+                if g.name in emptied:
+                    members = np.flatnonzero(index.group_of == gi)
+                    best = members[np.argmax(scores[members])]
+                    self.pm.fxprune.masks[g.name][int(index.position[best])] = 1.0
         warnings.warn(f"the l1 penalty emptied {len(emptied)} channel group(s); each keeps its most important "
                       "channel. Lower l1 (or use prune(target=...)) to choose what goes.")
 
