@@ -4,7 +4,9 @@ Protocol (every method starts from the same dense checkpoint and then gets the s
 number of further epochs, so all rows have the same total epochs):
 
 1. dense pre-training for ``dense_epochs`` (SGD, Nesterov momentum, one-cycle LR);
-2. per method, ``method_epochs`` more epochs:
+2. per method, ``method_epochs`` more epochs, on one cosine LR schedule from ``finetune_lr``
+   over all of them whatever the method does in each (a sparse phase and the fine-tuning
+   after pruning continue the same curve, so every row sees the same learning rates):
 
    - ``dense``: keeps training the dense model (the reference at the same total epochs);
    - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
@@ -98,9 +100,14 @@ def sgd(params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
-def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: str = "cosine", params=None,
-          extra_loss=None, extra_optimizers=None, step_hooks=(), checkpoint_dir=None, progress=True):
-    """Train ``model`` for ``epochs`` with SGD and a per-batch LR schedule; returns the history."""
+def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: str = "cosine",
+          within: tuple[int, int] | None = None, params=None, extra_loss=None, extra_optimizers=None,
+          step_hooks=(), checkpoint_dir=None, progress=True):
+    """Train ``model`` for ``epochs`` with SGD and a per-batch LR schedule; returns the history.
+
+    ``within=(start, span)`` makes these epochs the part of a ``span``-epoch cosine schedule
+    that begins ``start`` epochs in (default: a cosine over these epochs alone).
+    """
     if epochs <= 0:
         return []
     train_data, test_data = loaders
@@ -108,10 +115,11 @@ def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: 
     total = epochs * len(train_data)
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
-    elif schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     else:
-        sched = None
+        start, span = within if within is not None else (0, epochs)
+        first, steps = start * len(train_data), span * len(train_data)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(first + s, steps) / steps)))
     model.to(memory_format=torch.channels_last)  # about 15% faster convolutions on this CPU
     trainer = Trainer(model, opt, sched, extra_loss=extra_loss, extra_optimizers=extra_optimizers,
                       step_hooks=step_hooks, checkpoint_dir=checkpoint_dir, keep_last=1, progress=progress)
@@ -167,7 +175,7 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
                         normalise=args.normalise)
     total = proto.sparse_epochs * len(loaders[0])  # gradual pruning: the target is off by anneal_until of the phase
     hooks = [epfs.anneal_hook(total, target, args.anneal_until, release=args.release)] if args.anneal_until > 0 else []
-    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
           extra_optimizers={"masks": epfs.optimizer}, step_hooks=hooks, progress=args.progress)
     result = epfs.prune(target=target)
@@ -181,7 +189,7 @@ def run_oicsr(model, loaders, proto, target, args):
     x = example(loaders)
     pm = fxprune.prepare(model, x)
     reg = fxprune.OutInGroupLasso(pm, lam=args.oicsr_lam)
-    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: reg.penalty(),
           progress=args.progress)
     result = fxprune.greedy_prune(pm, target, step=0.05)
@@ -201,8 +209,8 @@ def run_slimming(model, loaders, proto, target, args):
     def bn_l1(m, out, feats, y):
         return args.slim_lam * sum(bn.weight.abs().sum() for bn in norms)
 
-    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant", extra_loss=bn_l1,
-          progress=args.progress)
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
+          extra_loss=bn_l1, progress=args.progress)
     pm = fxprune.prepare(model, example(loaders))
     result = fxprune.prune_to_macs(pm, target, fxprune.channel_importance(pm, "bn_scale"))
     return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result)}
@@ -220,7 +228,7 @@ def run_tp(model, loaders, proto, target, args):
     def regularize(trainer, step):
         pruner.regularize(model)
 
-    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, schedule="constant",
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
           step_hooks=[regularize], progress=args.progress)
     pruner.step()
     return model, proto.sparse_epochs, {"macs_reduction": 1 - fxprune.count(model, x).macs / base_macs}
@@ -263,7 +271,8 @@ def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: 
     model, spent, notes = RUNNERS[method](copy.deepcopy(dense), loaders, proto, target, args)
     if method != "dense":
         notes["top1_before_finetune"] = evaluate(model, loaders[1])  # what pruning itself cost
-        train(model, loaders, proto.method_epochs - spent, proto.finetune_lr, proto, progress=args.progress)
+        train(model, loaders, proto.method_epochs - spent, proto.finetune_lr, proto,
+              within=(spent, proto.method_epochs), progress=args.progress)
     cost = fxprune.count(model, x)
     top1 = evaluate(model, loaders[1])
     return {"method": method, "top1": top1, "macs": cost.macs, "params": cost.params,
