@@ -4,9 +4,10 @@ Protocol (every method starts from the same dense checkpoint and then gets the s
 number of further epochs, so all rows have the same total epochs):
 
 1. dense pre-training for ``dense_epochs`` (SGD, Nesterov momentum, one-cycle LR);
-2. per method, ``method_epochs`` more epochs, on one cosine LR schedule from ``finetune_lr``
-   over all of them whatever the method does in each (a sparse phase and the fine-tuning
-   after pruning continue the same curve, so every row sees the same learning rates):
+2. per method, ``method_epochs`` more epochs; a sparse phase trains at a constant
+   ``finetune_lr`` and every model is fine-tuned after pruning on a cosine from
+   ``finetune_lr`` (``--one-schedule``: the sparse phase and the fine-tuning are parts of
+   one cosine over the method epochs instead, which costs the sparse methods accuracy):
 
    - ``dense``: keeps training the dense model (the reference at the same total epochs);
    - ``epfs``: ``sparse_epochs`` of EPFS (masks and gates by FISTA, elastic net, Center
@@ -115,15 +116,22 @@ def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: 
     total = epochs * len(train_data)
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
-    else:
+    elif schedule == "cosine":
         start, span = within if within is not None else (0, epochs)
         first, steps = start * len(train_data), span * len(train_data)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(first + s, steps) / steps)))
+    else:
+        sched = None
     model.to(memory_format=torch.channels_last)  # about 15% faster convolutions on this CPU
     trainer = Trainer(model, opt, sched, extra_loss=extra_loss, extra_optimizers=extra_optimizers,
                       step_hooks=step_hooks, checkpoint_dir=checkpoint_dir, keep_last=1, progress=progress)
     return trainer.fit(ChannelsLast(train_data), None, epochs)  # evaluated once, at the end of each row
+
+
+def sparse_schedule(proto: Protocol, args) -> dict:
+    """``train`` arguments for a sparse phase: constant LR, or the start of the method's one cosine."""
+    return {"within": (0, proto.method_epochs)} if args.one_schedule else {"schedule": "constant"}
 
 
 class ChannelsLast:
@@ -175,7 +183,7 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
                         normalise=args.normalise)
     total = proto.sparse_epochs * len(loaders[0])  # gradual pruning: the target is off by anneal_until of the phase
     hooks = [epfs.anneal_hook(total, target, args.anneal_until, release=args.release)] if args.anneal_until > 0 else []
-    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: epfs.loss(y),
           extra_optimizers={"masks": epfs.optimizer}, step_hooks=hooks, progress=args.progress)
     result = epfs.prune(target=target)
@@ -189,7 +197,7 @@ def run_oicsr(model, loaders, proto, target, args):
     x = example(loaders)
     pm = fxprune.prepare(model, x)
     reg = fxprune.OutInGroupLasso(pm, lam=args.oicsr_lam)
-    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
+    train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
           params=fxprune.weight_parameters(pm), extra_loss=lambda m, out, feats, y: reg.penalty(),
           progress=args.progress)
     result = fxprune.greedy_prune(pm, target, step=0.05)
@@ -209,7 +217,7 @@ def run_slimming(model, loaders, proto, target, args):
     def bn_l1(m, out, feats, y):
         return args.slim_lam * sum(bn.weight.abs().sum() for bn in norms)
 
-    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
           extra_loss=bn_l1, progress=args.progress)
     pm = fxprune.prepare(model, example(loaders))
     result = fxprune.prune_to_macs(pm, target, fxprune.channel_importance(pm, "bn_scale"))
@@ -228,7 +236,7 @@ def run_tp(model, loaders, proto, target, args):
     def regularize(trainer, step):
         pruner.regularize(model)
 
-    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, within=(0, proto.method_epochs),
+    train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
           step_hooks=[regularize], progress=args.progress)
     pruner.step()
     return model, proto.sparse_epochs, {"macs_reduction": 1 - fxprune.count(model, x).macs / base_macs}
@@ -272,7 +280,7 @@ def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: 
     if method != "dense":
         notes["top1_before_finetune"] = evaluate(model, loaders[1])  # what pruning itself cost
         train(model, loaders, proto.method_epochs - spent, proto.finetune_lr, proto,
-              within=(spent, proto.method_epochs), progress=args.progress)
+              within=(spent, proto.method_epochs) if args.one_schedule else None, progress=args.progress)
     cost = fxprune.count(model, x)
     top1 = evaluate(model, loaders[1])
     return {"method": method, "top1": top1, "macs": cost.macs, "params": cost.params,
@@ -362,6 +370,9 @@ def parse_args(argv=None):
                    help="EPFS switches structures off gradually until this share of its sparse epochs (0: at the end)")
     p.add_argument("--no-release", dest="release", action="store_false",
                    help="EPFS.anneal(release=False): keep the l1 on after the target is switched off")
+    p.add_argument("--one-schedule", action="store_true",
+                   help="sparse phase and fine-tuning follow one cosine over the method epochs "
+                        "(default: constant LR while sparse, a fresh cosine after pruning)")
     p.add_argument("--oicsr-lam", type=float, default=5e-4)
     p.add_argument("--slim-lam", type=float, default=1e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
