@@ -18,7 +18,10 @@ model's outputs left alone) by both libraries, and then timed on the CPU:
 - both: MACs and parameters, latency before and after (batch 1 and 32, a fixed thread
   count, the median of ``--repeats`` runs after ``--warmup``), speed-up, and latency
   efficiency = speed-up / (MACs before / MACs after): 1.0 means the model got as much
-  faster as it got smaller.
+  faster as it got smaller. With ``--fold-bn`` the same again for every model (the dense
+  one too) with each BatchNorm folded into the convolution or linear layer before it, as
+  a model is deployed for inference (labels ending ``+fold``, speed-ups against the
+  folded dense model).
 
 Weights are random but informative (:func:`fxprune.testing.randomize`). Inputs are 224
 pixels square (inception_v3 299, ssd300 300, ssdlite320 320); segmentation models and
@@ -69,6 +72,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
+from torch.fx.experimental.optimization import fuse
 from torch.utils import _pytree as pytree
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +86,7 @@ from zoo_plot import status, write_report  # noqa: E402
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
 MODEL_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}  # as Torch-Pruning's example
 RATIO = 0.5
+FOLDED = "+fold"  # label suffix of a model timed with its BatchNorms folded (--fold-bn)
 
 
 def zoo_models() -> list:
@@ -350,15 +355,34 @@ def measure_latency(models: dict, record: dict, args) -> None:
                 record.setdefault("latency_errors", {})[f"{label} b{batch}"] = f"{type(e).__name__}: {e}"[:300]
             _save(record, args.json)
         for label in ms:
-            if label == "before" or "before" not in ms:
+            base = "before" + FOLDED if label.endswith(FOLDED) else "before"
+            if label == base or base not in ms:
                 continue
             macs_after = _macs_after(record, label)
-            speedup = ms["before"] / ms[label]
+            speedup = ms[base] / ms[label]
             record["speedup"].setdefault(key, {})[label] = speedup
             record["efficiency"].setdefault(key, {})[label] = speedup * macs_after / record["macs_before"]
 
 
+def folded(models: dict, record: dict) -> dict:
+    """The models as they would be deployed for inference: each BatchNorm folded into the convolution
+    or linear layer before it (``torch.fx.experimental.optimization.fuse``, the same for every model).
+
+    The dense model is folded too, so a folded speed-up compares like with like.
+    """
+    out = {}
+    for label, model in models.items():
+        if label.startswith("fxprune_round"):
+            continue
+        try:
+            out[label + FOLDED] = fuse(model.eval())
+        except Exception as e:  # a model torch.fx cannot trace is timed unfolded only
+            record.setdefault("latency_errors", {})[label + FOLDED] = f"{type(e).__name__}: {e}"[:300]
+    return out
+
+
 def _macs_after(record, label) -> int:
+    label = label.removesuffix(FOLDED)
     if label == "tp":
         return record["tp"]["macs_after"]
     return record["fxprune"]["macs_after"] if label == "fxprune" else record["fxprune"]["round_to"]["macs_after"]
@@ -388,6 +412,8 @@ def measure_one(name: str, args) -> dict:
         pruned = _attempt(record, "tp", args.json, lambda: measure_tp(model, x, record, args.tp_timeout))
         if pruned is not None:
             models["tp"] = pruned
+    if args.fold_bn:
+        models.update(folded(models, record))
     record["stage"] = "latency"
     _save(record, args.json)
     measure_latency(models, record, args)
@@ -462,7 +488,7 @@ def run_isolated(name: str, path: Path, args) -> dict:
 def _child_flags(args) -> list:
     flags = []
     for key in ("threads", "batches", "repeats", "warmup", "max_gmacs", "round_to", "size", "timeout", "tp_timeout",
-                "max_rss_gb", "no_tp"):
+                "max_rss_gb", "no_tp", "fold_bn"):
         value, flag = getattr(args, key), "--" + key.replace("_", "-")
         if isinstance(value, list):
             flags += [flag, *map(str, value)]
@@ -490,6 +516,9 @@ def parse(argv=None):
     parser.add_argument("--max-rss-gb", type=float, default=18.0,
                         help="a stage that needs more resident memory fails (the process exits above 1.25 x)")
     parser.add_argument("--no-tp", action="store_true", help="leave Torch-Pruning out")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="also time every model (the dense one too) with BatchNorm folded into the layer "
+                             "before it, as deployed for inference")
     parser.add_argument("--resume", action="store_true", help="keep models/<name>.json that are complete")
     parser.add_argument("--one", metavar="NAME", help="measure one model in this process (what each subprocess runs)")
     parser.add_argument("--json", help="with --one: where to write its record")

@@ -100,6 +100,7 @@ def summary(rows: list, large: int) -> dict:
 
     round_label = next((k for r in done for k in r["speedup"].get(key, {}) if k.startswith("fxprune_round")), None)
     labels = ["fxprune", "tp"] + ([round_label] if round_label else [])
+    labels += [f"{k}+fold" for k in ("fxprune", "tp") if any(f"{k}+fold" in r["speedup"].get(key, {}) for r in done)]
     tp_tried = [r for r in done if "tp" in r and not r["tp"].get("error", "").startswith("not run")]
     return {
         "models": len(rows), "measured": len(done),
@@ -129,7 +130,8 @@ def _tp_reason(tp: dict) -> str:
 
 
 def _by_label(values: dict) -> str:
-    names = {"fxprune": "fxprune", "tp": "Torch-Pruning"}
+    names = {"fxprune": "fxprune", "tp": "Torch-Pruning", "fxprune+fold": "fxprune with BatchNorm folded",
+             "tp+fold": "Torch-Pruning with BatchNorm folded"}
     return ", ".join(f"{names.get(k, k)} {_fmt(v, '.2f')}" for k, v in values.items())
 
 
