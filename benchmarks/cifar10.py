@@ -106,8 +106,9 @@ def train(model, loaders, epochs: int, lr: float, proto: Protocol, *, schedule: 
           step_hooks=(), checkpoint_dir=None, progress=True):
     """Train ``model`` for ``epochs`` with SGD and a per-batch LR schedule; returns the history.
 
-    ``within=(start, span)`` makes these epochs the part of a ``span``-epoch cosine schedule
-    that begins ``start`` epochs in (default: a cosine over these epochs alone).
+    ``schedule`` is ``"cosine"``, ``"onecycle"`` or ``"constant"``. For a cosine,
+    ``within=(start, span)`` makes these epochs the part of a ``span``-epoch schedule that
+    begins ``start`` epochs in (default: a cosine over these epochs alone).
     """
     if epochs <= 0:
         return []
