@@ -1,0 +1,31 @@
+"""benchmarks/op_times.py: the per-kind times add up and the table says what it measured."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def op_times():
+    sys.path.insert(0, str(BENCHMARKS))  # op_times.py imports zoo.py as a sibling, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location("op_times", BENCHMARKS / "op_times.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_breakdown_of_a_pruned_resnet18(op_times):
+    result = op_times.breakdown("resnet18", batch=2, repeats=1, size=32)
+    assert result["macs_ratio"] > 2  # ratio 0.5 halves inputs and outputs of most convolutions
+    for times in (result["before_s"], result["after_s"]):
+        assert times["convolution"] > 0 and times["batch norm"] > 0 and all(t >= 0 for t in times.values())
+        assert set(times) <= set(op_times.KINDS) | {"other"}
+    text = op_times.table(result)
+    assert text.startswith("resnet18, batch 2: MACs") and "| convolution" in text and "| all" in text
