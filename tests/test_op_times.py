@@ -1,24 +1,14 @@
 """benchmarks/op_times.py: the per-kind times add up and the table says what it measured."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def op_times():
-    sys.path.insert(0, str(BENCHMARKS))  # op_times.py imports zoo.py as a sibling, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location("op_times", BENCHMARKS / "op_times.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("op_times") as module:  # imports zoo as a sibling
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_breakdown_of_a_pruned_resnet18(op_times):

@@ -3,25 +3,19 @@
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import benchmark_script
+
 HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
 
 
 @pytest.fixture(scope="module")
 def zoo():
-    sys.path.insert(0, str(BENCHMARKS))  # zoo.py imports zoo_plot as a sibling, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location("zoo", BENCHMARKS / "zoo.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_script("zoo") as module:  # imports zoo_plot as a sibling
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.fixture(scope="module")
