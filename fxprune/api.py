@@ -25,7 +25,7 @@ from .flow import ChannelFlow
 from .groups import resolve
 from .lower import lower_modules
 from .masks import MaskBank, insert_gates, insert_masks
-from .rewrite import fold_masks_and_gates, remove_branches, rewrite_sizes
+from .rewrite import fold_masks_and_gates, remove_branches, restore_in_place, rewrite_sizes
 from .slicing import slice_params
 from .state import ATTR, PruneState, state_of
 from .trace import example_inputs_for, trace, with_source_line
@@ -119,6 +119,7 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
     rewrite_sizes(gm, state, plan)
     _detach_fxprune(gm)
     _unshare(gm, prepared)
+    restore_in_place(gm, state)
     error = None
     if check and state.approximate:  # LayerNorms pruned on request: close, not equal
         error = verify.equivalence_error(prepared, gm, state.example_inputs, threshold)

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.fx
+import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import swin_transformer
 
@@ -26,6 +27,7 @@ from .channels import has_atoms
 from .fold import (can_fold_into, constant_multiply, fold_gate, fold_into_consumer, fold_scale_into_norm, module_calls,
                    norm_after, rescale)
 from .masks import role
+from .trace import IN_PLACE
 
 _REWRITERS: dict = {}
 
@@ -101,6 +103,37 @@ def _out_of_place(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
 
 _IN_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                        operator.itruediv: operator.truediv, torch.relu_: torch.relu, F.relu_: F.relu}
+
+
+_IN_PLACE_OF = {operator.add: operator.iadd, operator.sub: operator.isub, operator.mul: operator.imul,
+                operator.truediv: operator.itruediv}
+# layers whose output is a fresh tensor that their backward does not read
+_FRESH_OUTPUT = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def restore_in_place(gm: torch.fx.GraphModule, state) -> None:
+    """Make the user's ``a += b`` in place again where nothing can tell the difference.
+
+    Tracing reads it as ``a = a + b`` (see :class:`fxprune.trace.InPlaceProxy`). It goes back to
+    ``a += b`` only where ``a`` is the output of a convolution, linear layer or normalisation
+    that nothing else reads, and has the result's shape: writing into it then changes no
+    other value, and none of those layers needs its output for backward.
+    """
+    changed = False
+    for node in gm.graph.nodes:
+        in_place = _IN_PLACE_OF.get(node.target) if node.op == "call_function" else None
+        if in_place is None or not node.meta.get(IN_PLACE) or node.kwargs or len(node.args) != 2:
+            continue
+        left, shape = node.args[0], state.shapes.get(node.name)
+        if not (isinstance(left, torch.fx.Node) and left.op == "call_module" and len(left.users) == 1
+                and isinstance(gm.get_submodule(left.target), _FRESH_OUTPUT)):
+            continue
+        if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) and state.shapes.get(left.name) == shape:
+            node.target = in_place
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
 
 
 def _gate_node(by_name: dict, branch: str) -> str:

@@ -1,6 +1,7 @@
 """prepare and finalize as a user meets them: what they promise, and how they fail."""
 
 import copy
+import operator
 
 import pytest
 import torch
@@ -262,6 +263,43 @@ def test_in_place_ops_keep_their_order():
     pm = fxprune.prepare(randomize(InPlace()), torch.randn(1, 3, 4, 4))
     zero_channels(pm, 0.5)
     assert_finalized_equals_masked(pm)
+
+
+class AugmentedAssignments(nn.Module):
+    """``+=`` three ways: into a BatchNorm's output (may stay in place), into a ReLU's and into a
+    slice of a tensor read again later (must not: the ReLU's backward reads its output, and the
+    slice is a view of ``y``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv = nn.Conv2d(6, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        out = self.bn(self.conv(x))
+        out += x
+        y = self.relu(self.conv(out))
+        y += out
+        part = y[:, :3]
+        part += 1.0
+        return self.head(y) + part.mean()
+
+
+def test_augmented_assignment_is_in_place_again_only_where_nothing_can_tell():
+    pm = fxprune.prepare(randomize(AugmentedAssignments()), torch.randn(2, 3, 5, 5))
+    assert sum(bool(n.meta.get("in_place")) for n in pm.graph.nodes) == 3  # traced as a + b, marked
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    in_place = [n for n in small.graph.nodes if n.target is operator.iadd]
+    assert [n.args[0].target for n in in_place] == ["bn"]
+    assert "bn += " in small.code
+    small.train()
+    small(torch.randn(2, 3, 5, 5)).sum().backward()  # BatchNorm's backward does not read its output
+    assert small.conv.weight.grad is not None
 
 
 def test_segmentation_model_with_dict_output():
