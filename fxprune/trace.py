@@ -46,7 +46,7 @@ class InPlaceProxy(torch.fx.Proxy):
     torch.fx's Proxy has no ``__iadd__``, so Python runs ``out += identity`` as
     ``out = out + identity`` and the graph forgets that the user added in place. That is
     the safe reading while masks are trained, but a residual add that allocates its result
-    is measurably slower than the user's in-place one (about 6% of a pruned ResNet-50's
+    is measurably slower than the user's in-place one (about 8% of a pruned ResNet-50's
     forward pass at batch 32). The node is still an out-of-place op, marked
     ``meta[IN_PLACE]``; finalize makes it in-place again where nothing can tell.
     """
