@@ -28,7 +28,7 @@ from .masks import MaskBank, insert_gates, insert_masks
 from .rewrite import fold_masks_and_gates, remove_branches, restore_in_place, rewrite_sizes
 from .slicing import slice_params
 from .state import ATTR, PruneState, state_of
-from .trace import example_inputs_for, trace, with_source_line
+from .trace import check_in_place, example_inputs_for, trace, with_source_line
 
 
 def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[PruneConfig] = None) -> torch.fx.GraphModule:
@@ -53,6 +53,7 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     lower_modules(gm)
     try:
         flow = _propagate(gm, config, example_inputs)
+        check_in_place(gm, flow.shapes)
     except FxPruneError as e:
         raise with_source_line(e, model, config) from None
     index = resolve(flow)

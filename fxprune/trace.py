@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import os
 import traceback
 from typing import Any, Optional
@@ -67,6 +68,45 @@ class InPlaceProxy(torch.fx.Proxy):
 
     def __itruediv__(self, other):
         return self._mark(self / other)
+
+
+_SHAPE_READS = {"size", "dim", "numel"}  # call_method reads that an in-place op of equal shape cannot change
+_SYMBOLS = {operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/"}
+
+
+def check_in_place(gm: torch.fx.GraphModule, shapes: dict) -> None:
+    """Raise where the traced graph computes something else than the eager model: ``a += b``
+    on a tensor that is read again afterwards through another reference (a list element,
+    another name). In the eager model that read sees the sum; in the graph, where the op is
+    out of place, it sees ``a`` from before.
+
+    Args:
+        gm: a traced graph (its augmented assignments marked by :class:`InPlaceProxy`).
+        shapes: node name -> output shape from shape propagation (tensors: tuples of ints).
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in gm.graph.nodes:
+        left = node.args[0] if node.meta.get(IN_PLACE) and node.args else None
+        shape = shapes.get(left.name) if isinstance(left, torch.fx.Node) else None
+        if not (isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)):
+            continue  # not a tensor: ints and tuples are rebound by a op= b, as in the graph
+        later = [u for u in left.users if order[u] > order[node] and not _reads_shape_only(u)]
+        if later:
+            op = _SYMBOLS.get(node.target, "?")
+            raise TraceError(
+                f"'{left.name} {op}= ...' changes a tensor in place that {later[0].name} reads afterwards through "
+                f"another reference; torch.fx traces it as '{left.name} = {left.name} {op} ...', so the traced "
+                f"model would not compute what yours does",
+                node=node,
+                hint=f"write it out of place ('x = x {op} y') and pass the result to where the updated value is "
+                     f"meant, or copy first ('x = x.clone(); x {op}= y') where the old value is")
+
+
+def _reads_shape_only(node: torch.fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _SHAPE_READS
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] in (("shape",), ("dtype",),
+                                                                                        ("device",), ("ndim",))
 
 
 class PruneTracer(torch.fx.Tracer):

@@ -302,6 +302,32 @@ def test_augmented_assignment_is_in_place_again_only_where_nothing_can_tell():
     assert small.conv.weight.grad is not None
 
 
+class ReadThroughAlias(nn.Module):
+    """``y += 1`` where the old ``y`` is read afterwards through a list: eager sees the sum there."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        kept = [y]
+        n = y.size(1)  # a shape read is not affected
+        n += 1  # not a tensor: rebound, as in the graph
+        y += n
+        return self.out(kept[0]) + y.mean()
+
+
+def test_in_place_op_read_through_another_reference_is_refused():
+    with pytest.raises(fxprune.FxPruneError) as info:
+        fxprune.prepare(ReadThroughAlias(), torch.randn(1, 3, 4, 4))
+    message = str(info.value)
+    assert "'conv += ...'" in message and "reads afterwards through another reference" in message
+    assert "y += n" in message  # the user's source line
+    assert "x = x.clone(); x += y" in message
+
+
 def test_segmentation_model_with_dict_output():
     model = randomize(torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None,
                                                                                weights_backbone=None).eval())
