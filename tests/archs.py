@@ -43,7 +43,8 @@ class RandomNet(nn.Module):
                 layers = [nn.Conv2d(c, out, k, padding=k // 2, groups=groups, bias=not bn)]
                 if bn:
                     layers.append(nn.BatchNorm2d(out))
-                layers.append(ACTS[act]())
+                if act != "none":  # so that a step can end in its BatchNorm or convolution
+                    layers.append(ACTS[act]())
                 self.layers[str(i)] = nn.Sequential(*layers)
                 shapes.append((out, shapes[src][1]))
             elif kind == "se":
@@ -57,6 +58,12 @@ class RandomNet(nn.Module):
         last_c, last_s = shapes[-1]
         features = last_c if arch.head == "pool" else last_c * last_s * last_s
         self.fc = nn.Linear(features, arch.classes)
+        # residual adds written 'a += b', as ResNets do, wherever nothing reads a afterwards
+        # (otherwise the eager model would see the sum there and prepare refuses it)
+        read = [{s for s in step[1:3] if isinstance(s, int)} if step[0] in ("add", "cat") else {step[1]}
+                for step in arch.steps]
+        self.in_place = {i for i, step in enumerate(arch.steps)
+                         if step[0] == "add" and not any(step[1] in r for r in read[i + 1:])}
 
     def forward(self, x):
         ts = [x]
@@ -67,6 +74,10 @@ class RandomNet(nn.Module):
             elif kind == "se":
                 src = ts[step[1]]
                 ts.append(src * self.layers[str(i)](F.adaptive_avg_pool2d(src, 1)))
+            elif kind == "add" and i in self.in_place:
+                t = ts[step[1]]
+                t += ts[step[2]]
+                ts.append(t)
             elif kind == "add":
                 ts.append(ts[step[1]] + ts[step[2]])
             elif kind == "cat":

@@ -23,6 +23,9 @@ EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "200"))
 @example(arch=Arch(steps=(("conv", 0, 9, 1, 1, False, "gelu"), ("conv", 1, 6, 1, 3, False, "gelu"),
                           ("conv", 2, 2, 1, 2, False, "gelu")), in_channels=1, size=4, head="pool", classes=1),
          seed=1, fraction=0.5, gates=False)
+# ... and a residual add written 'a += b' into a BatchNorm's output, which finalize keeps in place.
+@example(arch=Arch(steps=(("conv", 0, 4, 1, 1, True, "none"), ("conv", 0, 4, 1, 1, True, "relu"), ("add", 1, 2)),
+                   in_channels=3, size=4, head="pool", classes=2), seed=0, fraction=0.5, gates=False)
 def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, gates):
     torch.manual_seed(seed)
     model = randomize(RandomNet(arch).eval(), seed)
