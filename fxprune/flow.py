@@ -256,6 +256,11 @@ def _shape_of(v):
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
+def is_tensor_shape(shape) -> bool:
+    """Whether a recorded ``shapes[name]`` is a tensor's (other values record None, or containers of them)."""
+    return isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)
+
+
 def _matches(lay, out) -> bool:
     if isinstance(out, torch.Tensor):
         return isinstance(lay, tuple) and len(lay) == out.dim() and all(

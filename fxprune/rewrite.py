@@ -27,7 +27,8 @@ from .channels import has_atoms
 from .fold import (can_fold_into, constant_multiply, fold_gate, fold_into_consumer, fold_scale_into_norm, module_calls,
                    norm_after, rescale)
 from .masks import role
-from .trace import IN_PLACE
+from .flow import is_tensor_shape
+from .trace import AUGMENTED, IN_PLACE
 
 _REWRITERS: dict = {}
 
@@ -101,12 +102,8 @@ def _out_of_place(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
         gm.get_submodule(node.target).inplace = False
 
 
-_IN_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                       operator.itruediv: operator.truediv, torch.relu_: torch.relu, F.relu_: F.relu}
-
-
-_IN_PLACE_OF = {operator.add: operator.iadd, operator.sub: operator.isub, operator.mul: operator.imul,
-                operator.truediv: operator.itruediv}
+_IN_PLACE_FUNCTIONS = {**{in_place: op for op, (in_place, _) in AUGMENTED.items()},
+                       torch.relu_: torch.relu, F.relu_: F.relu}
 # layers whose output is a fresh tensor that their backward does not read
 _FRESH_OUTPUT = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -121,15 +118,15 @@ def restore_in_place(gm: torch.fx.GraphModule, state) -> None:
     """
     changed = False
     for node in gm.graph.nodes:
-        in_place = _IN_PLACE_OF.get(node.target) if node.op == "call_function" else None
-        if in_place is None or not node.meta.get(IN_PLACE) or node.kwargs or len(node.args) != 2:
+        if node.op != "call_function" or node.target not in AUGMENTED or not node.meta.get(IN_PLACE) \
+                or node.kwargs or len(node.args) != 2:
             continue
         left, shape = node.args[0], state.shapes.get(node.name)
         if not (isinstance(left, torch.fx.Node) and left.op == "call_module" and len(left.users) == 1
                 and isinstance(gm.get_submodule(left.target), _FRESH_OUTPUT)):
             continue
-        if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) and state.shapes.get(left.name) == shape:
-            node.target = in_place
+        if is_tensor_shape(shape) and state.shapes.get(left.name) == shape:
+            node.target = AUGMENTED[node.target][0]
             changed = True
     if changed:
         gm.graph.lint()

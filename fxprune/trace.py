@@ -27,6 +27,7 @@ from torchvision.models import swin_transformer
 from .config import PruneConfig
 from .copies import copy_module
 from .errors import FxPruneError, TraceError
+from .flow import is_tensor_shape
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -39,6 +40,9 @@ _TRAINING_ARGUMENT = {
 
 
 IN_PLACE = "in_place"  # node.meta key: the user wrote ``a op= b`` (see InPlaceProxy)
+# what ``a op= b`` traces to -> (its in-place form, the operator's symbol)
+AUGMENTED = {operator.add: (operator.iadd, "+"), operator.sub: (operator.isub, "-"),
+             operator.mul: (operator.imul, "*"), operator.truediv: (operator.itruediv, "/")}
 
 
 class InPlaceProxy(torch.fx.Proxy):
@@ -50,28 +54,25 @@ class InPlaceProxy(torch.fx.Proxy):
     is measurably slower than the user's in-place one (about 8% of a pruned ResNet-50's
     forward pass at batch 32). The node is still an out-of-place op, marked
     ``meta[IN_PLACE]``; finalize makes it in-place again where nothing can tell.
+    ``__iadd__``, ``__isub__``, ``__imul__`` and ``__itruediv__`` are made from AUGMENTED.
     """
 
-    def _mark(self, result):
+
+def _augmented(op):
+    def method(self, other):
+        result = op(self, other)
         if isinstance(result, torch.fx.Proxy):
             result.node.meta[IN_PLACE] = True
         return result
 
-    def __iadd__(self, other):
-        return self._mark(self + other)
+    return method
 
-    def __isub__(self, other):
-        return self._mark(self - other)
 
-    def __imul__(self, other):
-        return self._mark(self * other)
-
-    def __itruediv__(self, other):
-        return self._mark(self / other)
+for _op, (_in_place, _) in AUGMENTED.items():
+    setattr(InPlaceProxy, f"__{_in_place.__name__}__", _augmented(_op))
 
 
 _SHAPE_READS = {"size", "dim", "numel"}  # call_method reads that an in-place op of equal shape cannot change
-_SYMBOLS = {operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/"}
 
 
 def check_in_place(gm: torch.fx.GraphModule, shapes: dict) -> None:
@@ -87,12 +88,11 @@ def check_in_place(gm: torch.fx.GraphModule, shapes: dict) -> None:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
         left = node.args[0] if node.meta.get(IN_PLACE) and node.args else None
-        shape = shapes.get(left.name) if isinstance(left, torch.fx.Node) else None
-        if not (isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)):
+        if not (isinstance(left, torch.fx.Node) and is_tensor_shape(shapes.get(left.name))):
             continue  # not a tensor: ints and tuples are rebound by a op= b, as in the graph
         later = [u for u in left.users if order[u] > order[node] and not _reads_shape_only(u)]
         if later:
-            op = _SYMBOLS.get(node.target, "?")
+            op = AUGMENTED.get(node.target, (None, "?"))[1]
             raise TraceError(
                 f"'{left.name} {op}= ...' changes a tensor in place that {later[0].name} reads afterwards through "
                 f"another reference; torch.fx traces it as '{left.name} = {left.name} {op} ...', so the traced "
