@@ -18,10 +18,11 @@ model's outputs left alone) by both libraries, and then timed on the CPU:
 - both: MACs and parameters, latency before and after (batch 1 and 32, a fixed thread
   count, the median of ``--repeats`` runs after ``--warmup``), speed-up, and latency
   efficiency = speed-up / (MACs before / MACs after): 1.0 means the model got as much
-  faster as it got smaller. With ``--fold-bn`` the same again for every model (the dense
-  one too) with each BatchNorm folded into the convolution or linear layer before it, as
-  a model is deployed for inference (labels ending ``+fold``, speed-ups against the
-  folded dense model).
+  faster as it got smaller. Two deployment variants time every model again (the dense
+  one too, so speed-ups compare like with like): ``--fold-bn`` folds each BatchNorm into
+  the convolution or linear layer before it (labels ending ``+fold``), and
+  ``--channels-last`` runs weights and input in channels_last memory format (labels
+  ending ``+nhwc``), which oneDNN's CPU convolutions run without reordering.
 
 Weights are random but informative (:func:`fxprune.testing.randomize`). Inputs are 224
 pixels square (inception_v3 299, ssd300 300, ssdlite320 320); segmentation models and
@@ -81,12 +82,11 @@ if str(_ROOT) not in sys.path:  # run as a script from anywhere
 
 import fxprune  # noqa: E402
 from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
-from zoo_plot import status, write_report  # noqa: E402
+from zoo_plot import status, variant, write_report  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
 MODEL_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}  # as Torch-Pruning's example
 RATIO = 0.5
-FOLDED = "+fold"  # label suffix of a model timed with its BatchNorms folded (--fold-bn)
 
 
 def zoo_models() -> list:
@@ -347,15 +347,16 @@ def measure_latency(models: dict, record: dict, args) -> None:
             record["latency_skipped"][key] = f"batch {batch} x {gmacs:.1f} GMACs > --max-gmacs {args.max_gmacs:g}"
             continue
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        inputs = {"": x, "+fold": x, "+nhwc": x.contiguous(memory_format=torch.channels_last)}
         ms = record["latency_ms"][key] = {}
         for label, model in models.items():
             try:
-                ms[label] = 1e3 * latency(model.eval(), x, args.warmup, args.repeats)
+                ms[label] = 1e3 * latency(model.eval(), inputs[variant(label)], args.warmup, args.repeats)
             except Exception as e:  # recorded; the other models are still timed
                 record.setdefault("latency_errors", {})[f"{label} b{batch}"] = f"{type(e).__name__}: {e}"[:300]
             _save(record, args.json)
         for label in ms:
-            base = "before" + FOLDED if label.endswith(FOLDED) else "before"
+            base = "before" + variant(label)
             if label == base or base not in ms:
                 continue
             macs_after = _macs_after(record, label)
@@ -364,25 +365,30 @@ def measure_latency(models: dict, record: dict, args) -> None:
             record["efficiency"].setdefault(key, {})[label] = speedup * macs_after / record["macs_before"]
 
 
-def folded(models: dict, record: dict) -> dict:
-    """The models as they would be deployed for inference: each BatchNorm folded into the convolution
-    or linear layer before it (``torch.fx.experimental.optimization.fuse``, the same for every model).
+def deployed(models: dict, record: dict, args) -> dict:
+    """The models again as they would be deployed for CPU inference, one variant per flag given.
 
-    The dense model is folded too, so a folded speed-up compares like with like.
+    ``+fold`` (``--fold-bn``): each BatchNorm folded into the convolution or linear layer
+    before it (``torch.fx.experimental.optimization.fuse``). ``+nhwc`` (``--channels-last``):
+    4-d weights, and at timing the input, in channels_last memory format. The dense model
+    gets each variant too, so a variant's speed-up compares like with like.
     """
+    transforms = {"+fold": args.fold_bn and (lambda m: fuse(m.eval())),
+                  "+nhwc": args.channels_last and (lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last))}
     out = {}
-    for label, model in models.items():
-        if label.startswith("fxprune_round"):
-            continue
-        try:
-            out[label + FOLDED] = fuse(model.eval())
-        except Exception as e:  # a model torch.fx cannot trace is timed unfolded only
-            record.setdefault("latency_errors", {})[label + FOLDED] = f"{type(e).__name__}: {e}"[:300]
+    for suffix, transform in transforms.items():
+        for label, model in models.items():
+            if not transform or label.startswith("fxprune_round"):
+                continue
+            try:
+                out[label + suffix] = transform(model)
+            except Exception as e:  # recorded (fuse needs a traceable model); the plain one is still timed
+                record.setdefault("latency_errors", {})[label + suffix] = f"{type(e).__name__}: {e}"[:300]
     return out
 
 
 def _macs_after(record, label) -> int:
-    label = label.removesuffix(FOLDED)
+    label = label.removesuffix(variant(label))
     if label == "tp":
         return record["tp"]["macs_after"]
     return record["fxprune"]["macs_after"] if label == "fxprune" else record["fxprune"]["round_to"]["macs_after"]
@@ -412,8 +418,7 @@ def measure_one(name: str, args) -> dict:
         pruned = _attempt(record, "tp", args.json, lambda: measure_tp(model, x, record, args.tp_timeout))
         if pruned is not None:
             models["tp"] = pruned
-    if args.fold_bn:
-        models.update(folded(models, record))
+    models.update(deployed(models, record, args))
     record["stage"] = "latency"
     _save(record, args.json)
     measure_latency(models, record, args)
@@ -488,7 +493,7 @@ def run_isolated(name: str, path: Path, args) -> dict:
 def _child_flags(args) -> list:
     flags = []
     for key in ("threads", "batches", "repeats", "warmup", "max_gmacs", "round_to", "size", "timeout", "tp_timeout",
-                "max_rss_gb", "no_tp", "fold_bn"):
+                "max_rss_gb", "no_tp", "fold_bn", "channels_last"):
         value, flag = getattr(args, key), "--" + key.replace("_", "-")
         if isinstance(value, list):
             flags += [flag, *map(str, value)]
@@ -519,6 +524,9 @@ def parse(argv=None):
     parser.add_argument("--fold-bn", action="store_true",
                         help="also time every model (the dense one too) with BatchNorm folded into the layer "
                              "before it, as deployed for inference")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time every model (the dense one too) with weights and input in channels_last "
+                             "memory format")
     parser.add_argument("--resume", action="store_true", help="keep models/<name>.json that are complete")
     parser.add_argument("--one", metavar="NAME", help="measure one model in this process (what each subprocess runs)")
     parser.add_argument("--json", help="with --one: where to write its record")

@@ -18,6 +18,16 @@ from pathlib import Path
 from tabulate import tabulate
 
 
+# deployment variants zoo.py times beside the plain models: label suffix -> how the summary says it
+VARIANTS = {"+fold": "with BatchNorm folded", "+nhwc": "in channels_last"}
+LIBRARIES = {"fxprune": "fxprune", "tp": "Torch-Pruning"}
+
+
+def variant(label: str) -> str:
+    """The suffix of the deployment variant a latency label belongs to ('' for the plain models)."""
+    return next((suffix for suffix in VARIANTS if label.endswith(suffix)), "")
+
+
 def write_report(out: Path, meta: dict, rows: list, large: int) -> str:
     """Write ``zoo.json``, ``zoo.md`` and (with matplotlib) ``zoo.png`` into ``out``; return the summary text."""
     s = summary(rows, large)
@@ -100,7 +110,8 @@ def summary(rows: list, large: int) -> dict:
 
     round_label = next((k for r in done for k in r["speedup"].get(key, {}) if k.startswith("fxprune_round")), None)
     labels = ["fxprune", "tp"] + ([round_label] if round_label else [])
-    labels += [f"{k}+fold" for k in ("fxprune", "tp") if any(f"{k}+fold" in r["speedup"].get(key, {}) for r in done)]
+    labels += [k + suffix for suffix in VARIANTS for k in LIBRARIES
+               if any(k + suffix in r["speedup"].get(key, {}) for r in done)]
     tp_tried = [r for r in done if "tp" in r and not r["tp"].get("error", "").startswith("not run")]
     return {
         "models": len(rows), "measured": len(done),
@@ -130,9 +141,12 @@ def _tp_reason(tp: dict) -> str:
 
 
 def _by_label(values: dict) -> str:
-    names = {"fxprune": "fxprune", "tp": "Torch-Pruning", "fxprune+fold": "fxprune with BatchNorm folded",
-             "tp+fold": "Torch-Pruning with BatchNorm folded"}
-    return ", ".join(f"{names.get(k, k)} {_fmt(v, '.2f')}" for k, v in values.items())
+    def name(label):
+        suffix = variant(label)
+        base = label.removesuffix(suffix)
+        return LIBRARIES.get(base, base) + (" " + VARIANTS[suffix] if suffix else "")
+
+    return ", ".join(f"{name(k)} {_fmt(v, '.2f')}" for k, v in values.items())
 
 
 def summary_text(s: dict, large: int) -> str:

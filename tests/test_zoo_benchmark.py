@@ -29,7 +29,7 @@ def _args(zoo, *extra):
 
 
 def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path):
-    record = zoo.run_isolated("resnet18", tmp_path / "resnet18.json", _args(zoo, "--fold-bn"))
+    record = zoo.run_isolated("resnet18", tmp_path / "resnet18.json", _args(zoo, "--fold-bn", "--channels-last"))
     assert "failure" not in record, record.get("failure")
     assert record["stage"] == "done" and record["input"] == [1, 3, 64, 64] and record["threads"] == 2
     fx = record["fxprune"]
@@ -38,13 +38,13 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     assert 0 < fx["macs_after"] < record["macs_before"] and 0 < fx["params_after"] < record["params_before"]
     assert fx["output_layers"] == ["fc"] and fx["round_to"]["round_to"] == 8
     unfolded = {"before", "fxprune"} | ({"tp"} if HAVE_TP else set())
-    labels = unfolded | {"fxprune_round8"} | {label + "+fold" for label in unfolded}
+    labels = unfolded | {"fxprune_round8"} | {label + suffix for label in unfolded for suffix in ("+fold", "+nhwc")}
     for batch in ("1", "2"):
         ms = record["latency_ms"][batch]
         assert set(ms) == labels and all(t > 0 for t in ms.values())
-        assert set(record["speedup"][batch]) == labels - {"before", "before+fold"}
+        assert set(record["speedup"][batch]) == labels - {"before", "before+fold", "before+nhwc"}
         for label, speedup in record["speedup"][batch].items():
-            base = "before+fold" if label.endswith("+fold") else "before"  # folded against folded
+            base = "before" + zoo_plot.variant(label)  # folded against folded, channels_last against channels_last
             assert math.isclose(speedup, ms[base] / ms[label])
             macs_ratio = record["macs_before"] / zoo._macs_after(record, label)
             assert math.isclose(record["efficiency"][batch][label], speedup / macs_ratio)
@@ -56,7 +56,8 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     text = zoo_plot.write_report(tmp_path, {"batches": [1, 2]}, [record], 2)
     assert "fxprune pruned 1" in text and "resnet18" in (tmp_path / "zoo.md").read_text()
     efficiency = zoo_plot.summary([record], 2)["median_efficiency_b2"]
-    assert efficiency["fxprune"] > 0 and efficiency["fxprune+fold"] > 0
+    assert efficiency["fxprune"] > 0 and efficiency["fxprune+fold"] > 0 and efficiency["fxprune+nhwc"] > 0
+    assert "fxprune in channels_last" in text
     if importlib.util.find_spec("matplotlib"):
         assert [p[2] for p in zoo_plot.points([record], "2", "fxprune")] == ["resnet18"]
         assert (tmp_path / "zoo.png").stat().st_size > 0
