@@ -78,28 +78,70 @@ _SHAPE_READS = {"size", "dim", "numel"}  # call_method reads that an in-place op
 def check_in_place(gm: torch.fx.GraphModule, shapes: dict) -> None:
     """Raise where the traced graph computes something else than the eager model: ``a += b``
     on a tensor that is read again afterwards through another reference (a list element,
-    another name). In the eager model that read sees the sum; in the graph, where the op is
-    out of place, it sees ``a`` from before.
+    another name, or a view: ``a`` itself, a view of it, or the tensor it is a view of). In
+    the eager model that read sees the sum; in the graph, where the op is out of place, it
+    sees ``a`` from before.
 
     Args:
         gm: a traced graph (its augmented assignments marked by :class:`InPlaceProxy`).
         shapes: node name -> output shape from shape propagation (tensors: tuples of ints).
     """
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    memory = _shared_memory(gm)
     for node in gm.graph.nodes:
         left = node.args[0] if node.meta.get(IN_PLACE) and node.args else None
         if not (isinstance(left, torch.fx.Node) and is_tensor_shape(shapes.get(left.name))):
             continue  # not a tensor: ints and tuples are rebound by a op= b, as in the graph
-        later = [u for u in left.users if order[u] > order[node] and not _reads_shape_only(u)]
-        if later:
-            op = AUGMENTED.get(node.target, (None, "?"))[1]
-            raise TraceError(
-                f"'{left.name} {op}= ...' changes a tensor in place that {later[0].name} reads afterwards through "
-                f"another reference; torch.fx traces it as '{left.name} = {left.name} {op} ...', so the traced "
-                f"model would not compute what yours does",
-                node=node,
-                hint=f"write it out of place ('x = x {op} y') and pass the result to where the updated value is "
-                     f"meant, or copy first ('x = x.clone(); x {op}= y') where the old value is")
+        for alias in [left] + [n for n in memory.get(left, ()) if n is not left]:
+            later = [u for u in alias.users if order[u] > order[node] and not _reads_shape_only(u)]
+            if later:
+                _refuse_in_place(node, left, alias, later[0])
+
+
+def _refuse_in_place(node, left, alias, reader) -> None:
+    op = AUGMENTED.get(node.target, (None, "?"))[1]
+    through = "through another reference" if alias is left else f"through {alias.name}, which may share its memory"
+    raise TraceError(
+        f"'{left.name} {op}= ...' changes a tensor in place that {reader.name} reads afterwards {through}; "
+        f"torch.fx traces it as '{left.name} = {left.name} {op} ...', so the traced model would not compute what "
+        f"yours does",
+        node=node,
+        hint=f"write it out of place ('x = x {op} y') and pass the result to where the updated value is meant, or "
+             f"copy first ('x = x.clone(); x {op}= y') where the old value is")
+
+
+# ops whose result may share memory with their first argument: views, and ops that can return it as it is
+_ALIASING_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "swapaxes",
+    "swapdims", "movedim", "moveaxis", "t", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select",
+    "chunk", "split", "tensor_split", "unbind", "unfold", "diagonal", "as_strided", "contiguous", "detach",
+    "to", "type_as", "float", "__getitem__"})
+_ALIASING_FUNCTIONS = frozenset({
+    operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.movedim,
+    torch.t, torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.chunk, torch.split,
+    torch.tensor_split, torch.unbind, torch.diagonal, torch.detach})
+
+
+def _shared_memory(gm: torch.fx.GraphModule) -> dict:
+    """Node -> the set of nodes whose results may share its memory (classes of views of one tensor);
+    nodes that share with nothing are left out."""
+    parent: dict = {}
+
+    def root(n):
+        while parent.get(n, n) is not n:
+            n = parent[n]
+        return n
+
+    for node in gm.graph.nodes:
+        source = node.args[0] if node.args else None
+        aliasing = (node.op == "call_method" and node.target in _ALIASING_METHODS
+                    or node.op == "call_function" and node.target in _ALIASING_FUNCTIONS)
+        if aliasing and isinstance(source, torch.fx.Node):
+            parent[root(node)] = root(source)
+    classes: dict = {}
+    for node in list(parent):
+        classes.setdefault(root(node), set()).add(node)
+    return {n: members | {r} for r, members in classes.items() for n in members | {r}}
 
 
 def _reads_shape_only(node: torch.fx.Node) -> bool:

@@ -58,12 +58,24 @@ class RandomNet(nn.Module):
         last_c, last_s = shapes[-1]
         features = last_c if arch.head == "pool" else last_c * last_s * last_s
         self.fc = nn.Linear(features, arch.classes)
-        # residual adds written 'a += b', as ResNets do, wherever nothing reads a afterwards
-        # (otherwise the eager model would see the sum there and prepare refuses it)
+        # residual adds written 'a += b', as ResNets do, wherever nothing reads a afterwards, nor
+        # anything that may share a's memory (chunks, slices and shuffles are views of their
+        # source, as prepare sees them); otherwise the eager model would see the sum there and
+        # prepare refuses it
         read = [{s for s in step[1:3] if isinstance(s, int)} if step[0] in ("add", "cat") else {step[1]}
                 for step in arch.steps]
+        memory = list(range(len(arch.steps) + 1))  # tensor index -> the tensor whose memory it may share
+
+        def root(t):
+            while memory[t] != t:
+                t = memory[t]
+            return t
+
+        for i, step in enumerate(arch.steps):
+            if step[0] in ("chunk", "slice", "shuffle"):
+                memory[root(i + 1)] = root(step[1])
         self.in_place = {i for i, step in enumerate(arch.steps)
-                         if step[0] == "add" and not any(step[1] in r for r in read[i + 1:])}
+                         if step[0] == "add" and not any(root(t) == root(step[1]) for r in read[i + 1:] for t in r)}
 
     def forward(self, x):
         ts = [x]

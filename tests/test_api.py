@@ -268,7 +268,7 @@ def test_in_place_ops_keep_their_order():
 class AugmentedAssignments(nn.Module):
     """``+=`` three ways: into a BatchNorm's output (may stay in place), into a ReLU's and into a
     slice of a tensor read again later (must not: the ReLU's backward reads its output, and the
-    slice is a view of ``y``)."""
+    slice is a view of ``y``; read after its add, y would be refused, see ReadThroughView)."""
 
     def __init__(self):
         super().__init__()
@@ -284,9 +284,10 @@ class AugmentedAssignments(nn.Module):
         out += x
         y = self.relu(self.conv(out))
         y += out
+        head = self.head(y)  # read before the slice's add writes into y
         part = y[:, :3]
         part += 1.0
-        return self.head(y) + part.mean()
+        return head + part.mean()
 
 
 def test_augmented_assignment_is_in_place_again_only_where_nothing_can_tell():
@@ -326,6 +327,45 @@ def test_in_place_op_read_through_another_reference_is_refused():
     assert "'conv += ...'" in message and "reads afterwards through another reference" in message
     assert "y += n" in message  # the user's source line
     assert "x = x.clone(); x += y" in message
+
+
+class ReadThroughView(nn.Module):
+    """An in-place add and a view of the same memory read after it: the eager model sees the sum."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.case = case
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.case == "view read after":
+            flat = y.flatten(1)
+            y += 1
+            return self.out(y) + flat.sum()
+        if self.case == "base read after":
+            part = y[:, :2]
+            part += 1
+            return self.out(y)
+        flat = y.flatten(1)  # "view read before": the graph and the eager model agree
+        total = flat.sum()
+        width = flat.size(1)
+        y += 1
+        return self.out(y) + total + width
+
+
+@pytest.mark.parametrize("case", ["view read after", "base read after"])
+def test_in_place_op_read_through_a_view_is_refused(case):
+    with pytest.raises(fxprune.FxPruneError) as info:
+        fxprune.prepare(ReadThroughView(case), torch.randn(1, 3, 4, 4))
+    assert "which may share its memory" in str(info.value)
+
+
+def test_view_read_before_the_in_place_op_is_fine():
+    model, x = ReadThroughView("view read before").eval(), torch.randn(1, 3, 4, 4)
+    pm = fxprune.prepare(model, x)
+    torch.testing.assert_close(pm(x), model(x))
 
 
 def test_segmentation_model_with_dict_output():

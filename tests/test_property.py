@@ -1,4 +1,5 @@
-"""The central property on random architectures: finalize equals the masked model."""
+"""The central property on random architectures: the prepared model computes what the user's
+model computes (masks and gates at 1), and finalize equals the masked model."""
 
 import os
 
@@ -31,6 +32,7 @@ def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, ga
     model = randomize(RandomNet(arch).eval(), seed)
     x = torch.randn(2, arch.in_channels, arch.size, arch.size)
     pm = fxprune.prepare(model, x)
+    torch.testing.assert_close(pm(x.clone()), model(x.clone()))  # clones: an add may write into its input
     zero_channels(pm, fraction, seed=seed, gates=gates)
     assert_finalized_equals_masked(pm)
 
@@ -41,6 +43,8 @@ def test_finalize_equals_masked_on_random_architectures(arch, seed, fraction, ga
 def test_finalize_equals_masked_on_random_token_models(arch, seed, fraction, gates):
     torch.manual_seed(seed)
     model = randomize(TokenNet(arch).eval(), seed)
-    pm = fxprune.prepare(model, torch.randn(2, arch.tokens, 3))
+    x = torch.randn(2, arch.tokens, 3)
+    pm = fxprune.prepare(model, x)
+    torch.testing.assert_close(pm(x), model(x))
     zero_channels(pm, fraction, seed=seed, gates=gates)
     assert_finalized_equals_masked(pm)
