@@ -87,7 +87,7 @@ def check_in_place(gm: torch.fx.GraphModule, shapes: dict) -> None:
         shapes: node name -> output shape from shape propagation (tensors: tuples of ints).
     """
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    memory = _shared_memory(gm)
+    memory = _shared_memory(gm, shapes)
     for node in gm.graph.nodes:
         left = node.args[0] if node.meta.get(IN_PLACE) and node.args else None
         if not (isinstance(left, torch.fx.Node) and is_tensor_shape(shapes.get(left.name))):
@@ -122,7 +122,7 @@ _ALIASING_FUNCTIONS = frozenset({
     torch.tensor_split, torch.unbind, torch.diagonal, torch.detach})
 
 
-def _shared_memory(gm: torch.fx.GraphModule) -> dict:
+def _shared_memory(gm: torch.fx.GraphModule, shapes: dict) -> dict:
     """Node -> the set of nodes whose results may share its memory (classes of views of one tensor);
     nodes that share with nothing are left out."""
     parent: dict = {}
@@ -133,15 +133,28 @@ def _shared_memory(gm: torch.fx.GraphModule) -> dict:
         return n
 
     for node in gm.graph.nodes:
-        source = node.args[0] if node.args else None
-        aliasing = (node.op == "call_method" and node.target in _ALIASING_METHODS
-                    or node.op == "call_function" and node.target in _ALIASING_FUNCTIONS)
-        if aliasing and isinstance(source, torch.fx.Node):
+        source = _may_view(node, shapes)
+        if source is not None:
             parent[root(node)] = root(source)
     classes: dict = {}
     for node in list(parent):
-        classes.setdefault(root(node), set()).add(node)
-    return {n: members | {r} for r, members in classes.items() for n in members | {r}}
+        classes.setdefault(root(node), {root(node)}).add(node)
+    return {n: members for members in classes.values() for n in members}
+
+
+def _may_view(node: torch.fx.Node, shapes: dict) -> Optional[torch.fx.Node]:
+    """The node whose result ``node``'s result may share memory with, if any."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, torch.fx.Node):
+        return None
+    if node.op == "call_method" and node.target in _ALIASING_METHODS:
+        return source
+    if node.op != "call_function" or node.target not in _ALIASING_FUNCTIONS:
+        return None
+    if node.target is operator.getitem and not is_tensor_shape(shapes.get(source.name)) \
+            and _may_view(source, shapes) is None:
+        return None  # an element of what a module or an op like max returned: a tensor of its own
+    return source
 
 
 def _reads_shape_only(node: torch.fx.Node) -> bool:
