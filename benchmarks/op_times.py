@@ -8,6 +8,7 @@ alone) runs it. Convolutions and matrix products shrink with the MACs; the kinds
 shrink less are what holds efficiency down.
 
     python benchmarks/op_times.py resnet50 mobilenet_v2 regnet_x_1_6gf --batch 32
+    python benchmarks/op_times.py resnet50 --batch 32 --channels-last   # as zoo.py --channels-last
 
 Prints one table per model and the MACs ratio; ``--json`` writes the figures.
 """
@@ -72,13 +73,17 @@ def pruned(model, x: torch.Tensor):
     return fxprune.finalize(pm).eval()
 
 
-def breakdown(name: str, batch: int, repeats: int, size: int) -> dict:
+def breakdown(name: str, batch: int, repeats: int, size: int, channels_last: bool = False) -> dict:
     model = build(name)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     small = pruned(model, x)
     macs = fxprune.count(model, x[:1]).macs, fxprune.count(small, x[:1]).macs
+    if channels_last:  # both models' 4-d weights and the input, as in zoo.py --channels-last
+        model, small = (m.to(memory_format=torch.channels_last) for m in (model, small))
+        x = x.contiguous(memory_format=torch.channels_last)
     before, after = kind_times(model, x, repeats), kind_times(small, x, repeats)
-    return {"model": name, "batch": batch, "macs_ratio": macs[0] / macs[1], "before_s": before, "after_s": after}
+    return {"model": name, "batch": batch, "layout": "channels_last" if channels_last else "contiguous",
+            "macs_ratio": macs[0] / macs[1], "before_s": before, "after_s": after}
 
 
 def table(result: dict) -> str:
@@ -90,7 +95,7 @@ def table(result: dict) -> str:
         rows.append([kind, f"{1e3 * b:.1f}", f"{100 * b / total_b:.0f}%", f"{1e3 * a:.1f}", f"{100 * a / total_a:.0f}%",
                      f"{b / a:.2f}" if a else "-"])
     rows.append(["all", f"{1e3 * total_b:.1f}", "100%", f"{1e3 * total_a:.1f}", "100%", f"{total_b / total_a:.2f}"])
-    head = (f"{result['model']}, batch {result['batch']}: MACs {result['macs_ratio']:.2f}x fewer, "
+    head = (f"{result['model']}, batch {result['batch']}, {result['layout']}: MACs {result['macs_ratio']:.2f}x fewer, "
             f"profiled time {total_b / total_a:.2f}x less (efficiency {total_b / total_a / result['macs_ratio']:.2f})")
     return head + "\n" + tabulate(rows, headers=["kind", "ms before", "share", "ms after", "share", "faster by"],
                                   tablefmt="github")
@@ -103,12 +108,13 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=5, help="profiled forward passes per model")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true", help="weights and input in channels_last memory format")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
     for name in args.models:
-        results.append(breakdown(name, args.batch, args.repeats, args.size))
+        results.append(breakdown(name, args.batch, args.repeats, args.size, args.channels_last))
         print(table(results[-1]) + "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
