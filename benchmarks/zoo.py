@@ -22,7 +22,8 @@ model's outputs left alone) by both libraries, and then timed on the CPU:
   one too, so speed-ups compare like with like): ``--fold-bn`` folds each BatchNorm into
   the convolution or linear layer before it (labels ending ``+fold``), and
   ``--channels-last`` runs weights and input in channels_last memory format (labels
-  ending ``+nhwc``), which oneDNN's CPU convolutions run without reordering.
+  ending ``+nhwc``), which oneDNN's CPU convolutions run without reordering; with both
+  flags, also folded and in channels_last (``+fold+nhwc``).
 
 Weights are random but informative (:func:`fxprune.testing.randomize`). Inputs are 224
 pixels square (inception_v3 299, ssd300 300, ssdlite320 320); segmentation models and
@@ -347,7 +348,8 @@ def measure_latency(models: dict, record: dict, args) -> None:
             record["latency_skipped"][key] = f"batch {batch} x {gmacs:.1f} GMACs > --max-gmacs {args.max_gmacs:g}"
             continue
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
-        inputs = {"": x, "+fold": x, "+nhwc": x.contiguous(memory_format=torch.channels_last)}
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        inputs = {"": x, "+fold": x, "+nhwc": nhwc, "+fold+nhwc": nhwc}
         ms = record["latency_ms"][key] = {}
         for label, model in models.items():
             try:
@@ -370,11 +372,18 @@ def deployed(models: dict, record: dict, args) -> dict:
 
     ``+fold`` (``--fold-bn``): each BatchNorm folded into the convolution or linear layer
     before it (``torch.fx.experimental.optimization.fuse``). ``+nhwc`` (``--channels-last``):
-    4-d weights, and at timing the input, in channels_last memory format. The dense model
-    gets each variant too, so a variant's speed-up compares like with like.
+    4-d weights, and at timing the input, in channels_last memory format. With both flags,
+    ``+fold+nhwc`` as well: folded, then channels_last. The dense model gets each variant
+    too, so a variant's speed-up compares like with like.
     """
-    transforms = {"+fold": args.fold_bn and (lambda m: fuse(m.eval())),
-                  "+nhwc": args.channels_last and (lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last))}
+    def fold(m):
+        return fuse(m.eval())
+
+    def channels_last(m):
+        return copy.deepcopy(m).to(memory_format=torch.channels_last)
+
+    transforms = {"+fold": args.fold_bn and fold, "+nhwc": args.channels_last and channels_last,
+                  "+fold+nhwc": args.fold_bn and args.channels_last and (lambda m: channels_last(fold(m)))}
     out = {}
     for suffix, transform in transforms.items():
         for label, model in models.items():

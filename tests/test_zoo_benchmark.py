@@ -38,11 +38,12 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     assert 0 < fx["macs_after"] < record["macs_before"] and 0 < fx["params_after"] < record["params_before"]
     assert fx["output_layers"] == ["fc"] and fx["round_to"]["round_to"] == 8
     unfolded = {"before", "fxprune"} | ({"tp"} if HAVE_TP else set())
-    labels = unfolded | {"fxprune_round8"} | {label + suffix for label in unfolded for suffix in ("+fold", "+nhwc")}
+    variants = ("+fold", "+nhwc", "+fold+nhwc")
+    labels = unfolded | {"fxprune_round8"} | {label + suffix for label in unfolded for suffix in variants}
     for batch in ("1", "2"):
         ms = record["latency_ms"][batch]
         assert set(ms) == labels and all(t > 0 for t in ms.values())
-        assert set(record["speedup"][batch]) == labels - {"before", "before+fold", "before+nhwc"}
+        assert set(record["speedup"][batch]) == labels - {"before", "before+fold", "before+nhwc", "before+fold+nhwc"}
         for label, speedup in record["speedup"][batch].items():
             base = "before" + zoo_plot.variant(label)  # folded against folded, channels_last against channels_last
             assert math.isclose(speedup, ms[base] / ms[label])
@@ -57,7 +58,7 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     assert "fxprune pruned 1" in text and "resnet18" in (tmp_path / "zoo.md").read_text()
     efficiency = zoo_plot.summary([record], 2)["median_efficiency_b2"]
     assert efficiency["fxprune"] > 0 and efficiency["fxprune+fold"] > 0 and efficiency["fxprune+nhwc"] > 0
-    assert "fxprune in channels_last" in text
+    assert "fxprune in channels_last" in text and "fxprune with BatchNorm folded, in channels_last" in text
     if importlib.util.find_spec("matplotlib"):
         assert [p[2] for p in zoo_plot.points([record], "2", "fxprune")] == ["resnet18"]
         assert (tmp_path / "zoo.png").stat().st_size > 0
