@@ -22,6 +22,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from networkx.utils import UnionFind
 from torchvision.models import swin_transformer
 
 from .config import PruneConfig
@@ -125,21 +126,12 @@ _ALIASING_FUNCTIONS = frozenset({
 def _shared_memory(gm: torch.fx.GraphModule, shapes: dict) -> dict:
     """Node -> the set of nodes whose results may share its memory (classes of views of one tensor);
     nodes that share with nothing are left out."""
-    parent: dict = {}
-
-    def root(n):
-        while parent.get(n, n) is not n:
-            n = parent[n]
-        return n
-
+    views = UnionFind()
     for node in gm.graph.nodes:
         source = _may_view(node, shapes)
         if source is not None:
-            parent[root(node)] = root(source)
-    classes: dict = {}
-    for node in list(parent):
-        classes.setdefault(root(node), {root(node)}).add(node)
-    return {n: members for members in classes.values() for n in members}
+            views.union(node, source)
+    return {n: members for members in views.to_sets() for n in members}
 
 
 def _may_view(node: torch.fx.Node, shapes: dict) -> Optional[torch.fx.Node]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from networkx.utils import UnionFind
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "none": nn.Identity, "hardswish": nn.Hardswish}
 
@@ -64,18 +65,12 @@ class RandomNet(nn.Module):
         # prepare refuses it
         read = [{s for s in step[1:3] if isinstance(s, int)} if step[0] in ("add", "cat") else {step[1]}
                 for step in arch.steps]
-        memory = list(range(len(arch.steps) + 1))  # tensor index -> the tensor whose memory it may share
-
-        def root(t):
-            while memory[t] != t:
-                t = memory[t]
-            return t
-
+        memory = UnionFind()  # tensor indices that may share memory
         for i, step in enumerate(arch.steps):
             if step[0] in ("chunk", "slice", "shuffle"):
-                memory[root(i + 1)] = root(step[1])
-        self.in_place = {i for i, step in enumerate(arch.steps)
-                         if step[0] == "add" and not any(root(t) == root(step[1]) for r in read[i + 1:] for t in r)}
+                memory.union(i + 1, step[1])
+        self.in_place = {i for i, step in enumerate(arch.steps) if step[0] == "add"
+                         and not any(memory[t] == memory[step[1]] for r in read[i + 1:] for t in r)}
 
     def forward(self, x):
         ts = [x]
