@@ -83,7 +83,7 @@ if str(_ROOT) not in sys.path:  # run as a script from anywhere
 
 import fxprune  # noqa: E402
 from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
-from zoo_plot import status, variant, write_report  # noqa: E402
+from zoo_plot import VARIANTS, status, variant, write_report  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
 MODEL_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}  # as Torch-Pruning's example
@@ -367,6 +367,11 @@ def measure_latency(models: dict, record: dict, args) -> None:
             record["efficiency"].setdefault(key, {})[label] = speedup * macs_after / record["macs_before"]
 
 
+# one step of a deployment variant (zoo_plot.VARIANTS): label suffix -> (the flag that asks for it, the step)
+DEPLOY_STEPS = {"+fold": ("fold_bn", lambda m: fuse(m.eval())),
+                "+nhwc": ("channels_last", lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last))}
+
+
 def deployed(models: dict, record: dict, args) -> dict:
     """The models again as they would be deployed for CPU inference, one variant per flag given.
 
@@ -376,21 +381,18 @@ def deployed(models: dict, record: dict, args) -> dict:
     ``+fold+nhwc`` as well: folded, then channels_last. The dense model gets each variant
     too, so a variant's speed-up compares like with like.
     """
-    def fold(m):
-        return fuse(m.eval())
-
-    def channels_last(m):
-        return copy.deepcopy(m).to(memory_format=torch.channels_last)
-
-    transforms = {"+fold": args.fold_bn and fold, "+nhwc": args.channels_last and channels_last,
-                  "+fold+nhwc": args.fold_bn and args.channels_last and (lambda m: channels_last(fold(m)))}
     out = {}
-    for suffix, transform in transforms.items():
+    for suffix in sorted(VARIANTS, key=len):  # "+fold" and "+nhwc" before "+fold+nhwc"
+        steps = ["+" + step for step in suffix.split("+")[1:]]
+        if not all(getattr(args, DEPLOY_STEPS[step][0]) for step in steps):
+            continue
         for label, model in models.items():
-            if not transform or label.startswith("fxprune_round"):
+            if label.startswith("fxprune_round"):
                 continue
             try:
-                out[label + suffix] = transform(model)
+                for step in steps:
+                    model = DEPLOY_STEPS[step][1](model)
+                out[label + suffix] = model
             except Exception as e:  # recorded (fuse needs a traceable model); the plain one is still timed
                 record.setdefault("latency_errors", {})[label + suffix] = f"{type(e).__name__}: {e}"[:300]
     return out
