@@ -18,7 +18,9 @@ def benchmark_script(name: str):
     try:
         spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the script runs
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop(name, None)
