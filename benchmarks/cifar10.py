@@ -44,7 +44,10 @@ seeds ``summary.json``, ``table.md`` and ``accuracy_vs_macs.png``; finished rows
 the command is run again (``--fresh`` to redo them all, ``--redo METHOD ...`` to redo some).
 
 Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for six rows, about
-an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU).
+an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a
+GPU, ``--device cuda``; batches are still augmented on the CPU, then moved)::
+
+    python benchmarks/cifar10.py --data DIR --model resnet20 --protocol full --device cuda --seeds 0 1 2 --dense-per-seed
 """
 
 from __future__ import annotations
@@ -153,17 +156,18 @@ class ChannelsLast:
             yield x.contiguous(memory_format=torch.channels_last), y
 
 
-def dense_model(name: str, loaders, proto: Protocol, out: Path, progress: bool, seed: int = 0) -> nn.Module:
+def dense_model(name: str, loaders, proto: Protocol, out: Path, progress: bool, seed: int = 0,
+                device: str = "cpu") -> nn.Module:
     """A dense starting point (initialisation and data order from ``seed``), trained once and cached in ``out``."""
     suffix = f"-seed{seed}" if seed else ""
     path = out / f"dense-{name}-{proto.dense_epochs}{suffix}.pt"
-    model = build_model(name)
     if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
+        model = build_model(name).to(device)
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         return model
     torch.manual_seed(seed)
     loaders[0].seed = seed
-    model = build_model(name)
+    model = build_model(name).to(device)  # initialised on the CPU from the seed, whatever the device
     train(model, loaders, proto.dense_epochs, proto.lr, proto, schedule="onecycle",
           checkpoint_dir=out / f"ckpt-dense-{name}{suffix}", progress=progress)
     torch.save(model.state_dict(), path)
@@ -179,7 +183,7 @@ def run_dense(model, loaders, proto, target, args):
 
 
 def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, filters_only: bool = False):
-    x = example(loaders)
+    x = example(model)
     pm = fxprune.prepare(model, x)
     epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=args.mask_l1, l2=args.mask_l2, gate_l1=args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
@@ -198,7 +202,7 @@ def run_epfs(model, loaders, proto, target, args, blocks_only: bool = False, fil
 
 
 def run_oicsr(model, loaders, proto, target, args):
-    x = example(loaders)
+    x = example(model)
     pm = fxprune.prepare(model, x)
     reg = fxprune.OutInGroupLasso(pm, lam=args.oicsr_lam)
     train(pm, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
@@ -209,7 +213,7 @@ def run_oicsr(model, loaders, proto, target, args):
 
 
 def run_l1(model, loaders, proto, target, args):
-    pm = fxprune.prepare(model, example(loaders))
+    pm = fxprune.prepare(model, example(model))
     scores = relative_to_group(pm, fxprune.channel_importance(pm, "l1"))
     result = fxprune.prune_to_macs(pm, target, scores)
     return fxprune.finalize(pm), 0, {"budget": asdict(result)}
@@ -223,7 +227,7 @@ def run_slimming(model, loaders, proto, target, args):
 
     train(model, loaders, proto.sparse_epochs, proto.finetune_lr, proto, **sparse_schedule(proto, args),
           extra_loss=bn_l1, progress=args.progress)
-    pm = fxprune.prepare(model, example(loaders))
+    pm = fxprune.prepare(model, example(model))
     result = fxprune.prune_to_macs(pm, target, fxprune.channel_importance(pm, "bn_scale"))
     return fxprune.finalize(pm), proto.sparse_epochs, {"budget": asdict(result)}
 
@@ -231,7 +235,7 @@ def run_slimming(model, loaders, proto, target, args):
 def run_tp(model, loaders, proto, target, args):
     import torch_pruning as tp  # optional: pip install torch-pruning
 
-    x = example(loaders)
+    x = example(model)
     base_macs = fxprune.count(model, x).macs
     pruner = tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                        pruning_ratio=_tp_ratio(model, x, target, base_macs), global_pruning=False,
@@ -263,8 +267,9 @@ def _tp_ratio(model, x, target: float, base_macs: int) -> float:
     return hi
 
 
-def example(loaders):
-    return torch.randn(1, 3, 32, 32)
+def example(model: nn.Module) -> torch.Tensor:
+    """An input for prepare and count, on the model's device."""
+    return torch.randn(1, 3, 32, 32, device=next(model.parameters()).device)
 
 
 RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l1, "slimming": run_slimming,
@@ -278,7 +283,7 @@ RUNNERS = {"dense": run_dense, "epfs": run_epfs, "oicsr": run_oicsr, "l1": run_l
 def run_method(method: str, dense: nn.Module, loaders, proto: Protocol, target: float, args, seed: int) -> dict:
     torch.manual_seed(1 + seed)
     start = time.time()
-    x = torch.randn(1, 3, 32, 32)
+    x = example(dense)
     base = fxprune.count(dense, x)
     model, spent, notes = RUNNERS[method](copy.deepcopy(dense), loaders, proto, target, args)
     if method != "dense":
@@ -387,6 +392,8 @@ def parse_args(argv=None):
                    help="train a dense starting point per seed (initialisation and order from that seed), so "
                         "the spread and the gaps to dense include the dense start's own variation")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where models train: cpu, or cuda for the full protocol (batches are augmented on the CPU)")
     p.add_argument("--out", default="out/cifar10")
     p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
     p.add_argument("--redo", nargs="+", default=[], choices=METHODS, metavar="METHOD",
@@ -405,10 +412,13 @@ def main(argv=None) -> int:
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
     loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
-    shared = None if args.dense_per_seed else dense_model(args.model, loaders, proto, out, args.progress)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    shared = None if args.dense_per_seed else dense_model(args.model, loaders, proto, out, args.progress,
+                                                          device=args.device)
     per_seed = {}
     for seed in args.seeds:
-        dense = shared or dense_model(args.model, loaders, proto, out, args.progress, seed=seed)
+        dense = shared or dense_model(args.model, loaders, proto, out, args.progress, seed=seed, device=args.device)
         per_seed[seed] = run_seed(seed, dense, loaders, proto, out / f"seed{seed}", args)
     rows = summarise(per_seed)
     meta = {**run_meta(args, proto), "seeds": args.seeds}
@@ -424,7 +434,8 @@ def main(argv=None) -> int:
 def run_meta(args, proto: Protocol) -> dict:
     """What a results file records about the run that wrote it."""
     return {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+                       + (f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""),
             "torch": torch.__version__, "args": vars(args)}
 
 

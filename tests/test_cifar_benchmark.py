@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import benchmark_script
 
@@ -29,8 +30,8 @@ def fake_cifar(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _run(cifar10, data, out, *extra):
-    flags = ["--data", str(data), "--model", "resnet20", "--methods", "dense", "l1", "--dense-epochs", "1",
+def _run(cifar10, data, out, *extra, methods=("dense", "l1")):
+    flags = ["--data", str(data), "--model", "resnet20", "--methods", *methods, "--dense-epochs", "1",
              "--method-epochs", "1", "--sparse-epochs", "1", "--target", "0.3", "--threads", "1",
              "--out", str(out), "--no-progress"]
     assert cifar10.main(flags + list(extra)) == 0
@@ -58,8 +59,18 @@ def test_dense_per_seed_trains_one_start_per_seed_and_records_it(cifar10, fake_c
 
 def test_finished_rows_are_reused(cifar10, fake_cifar):
     out = fake_cifar / "out"
-    _run(cifar10, fake_cifar, out, "--seeds", "0")
+    summary = _run(cifar10, fake_cifar, out, "--seeds", "0", methods=("dense", "epfs", "slimming"))
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["epfs"]["macs_reduction"] >= 0.29 and rows["slimming"]["macs_reduction"] >= 0.29
     path = out / "resnet20" / "seed0" / "results.json"
     first = path.read_text()
-    _run(cifar10, fake_cifar, out, "--seeds", "0")
+    _run(cifar10, fake_cifar, out, "--seeds", "0", methods=("dense", "epfs", "slimming"))
     assert path.read_text() == first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rows_train_on_cuda(cifar10, fake_cifar):
+    summary = _run(cifar10, fake_cifar, fake_cifar / "out", "--seeds", "0", "--device", "cuda",
+                   methods=("dense", "epfs", "l1", "slimming"))
+    assert {r["method"] for r in summary["rows"]} == {"dense", "epfs", "l1", "slimming"}
+    assert torch.cuda.get_device_name() in summary["machine"]
