@@ -16,10 +16,11 @@ model's outputs left alone) by both libraries, and then timed on the CPU:
   pruned model computes something no masking of the original computes (LayerNorm
   statistics over removed channels, for example).
 - both: MACs and parameters, latency before and after (batch 1 and 32, a fixed thread
-  count, the median of ``--repeats`` runs after ``--warmup``), speed-up, and latency
-  efficiency = speed-up / (MACs before / MACs after): 1.0 means the model got as much
-  faster as it got smaller. Two deployment variants time every model again (the dense
-  one too, so speed-ups compare like with like): ``--fold-bn`` folds each BatchNorm into
+  count, the median of ``--repeats`` runs after ``--warmup``, all of a model's versions timed
+  in turns, one pass each per round), speed-up, and latency efficiency = speed-up /
+  (MACs before / MACs after): 1.0 means the model got as much faster as it got smaller.
+  Two deployment variants time every model again (the dense one too, so speed-ups
+  compare like with like): ``--fold-bn`` folds each BatchNorm into
   the convolution or linear layer before it (labels ending ``+fold``), and
   ``--channels-last`` runs weights and input in channels_last memory format (labels
   ending ``+nhwc``), which oneDNN's CPU convolutions run without reordering; with both
@@ -326,16 +327,35 @@ def _zero_inputs(module, idxs):
     return hook
 
 
-def latency(model, x, warmup: int, repeats: int) -> float:
-    """Median seconds of one forward pass, after ``warmup`` passes."""
-    times = []
+def latencies(models: dict, inputs: dict, warmup: int, repeats: int, errors: dict) -> dict:
+    """Median seconds of one forward pass of each model, timed in turns.
+
+    Every model gets ``warmup`` untimed passes, then the models run one pass each, round after
+    round, ``repeats`` rounds. A slow spell of the machine (another process, the host) then
+    falls on every model alike instead of on whichever was being timed, so that the ratios of
+    the medians (speed-up, efficiency) move far less than timing each model's passes in a row.
+    A model that raises is left out and its error recorded in ``errors``.
+    """
+    times: dict = {label: [] for label in models}
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for label, model in models.items():
+            try:
+                for _ in range(warmup):
+                    model(inputs[label])
+            except Exception as e:  # recorded; the other models are still timed
+                errors[label] = f"{type(e).__name__}: {e}"[:300]
+                del times[label]
+        for _ in range(repeats):
+            for label in list(times):
+                t0 = time.perf_counter()
+                try:
+                    models[label](inputs[label])
+                except Exception as e:
+                    errors[label] = f"{type(e).__name__}: {e}"[:300]
+                    del times[label]
+                    continue
+                times[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(t) for label, t in times.items() if t}
 
 
 def measure_latency(models: dict, record: dict, args) -> None:
@@ -349,14 +369,14 @@ def measure_latency(models: dict, record: dict, args) -> None:
             continue
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         nhwc = x.contiguous(memory_format=torch.channels_last)  # the input of every "+nhwc" variant
-        ms = record["latency_ms"][key] = {}
-        for label, model in models.items():
-            try:
-                inputs = nhwc if variant(label).endswith("+nhwc") else x
-                ms[label] = 1e3 * latency(model.eval(), inputs, args.warmup, args.repeats)
-            except Exception as e:  # recorded; the other models are still timed
-                record.setdefault("latency_errors", {})[f"{label} b{batch}"] = f"{type(e).__name__}: {e}"[:300]
-            _save(record, args.json)
+        inputs = {label: nhwc if variant(label).endswith("+nhwc") else x for label in models}
+        errors: dict = {}
+        seconds = latencies({label: m.eval() for label, m in models.items()}, inputs, args.warmup, args.repeats,
+                            errors)
+        ms = record["latency_ms"][key] = {label: 1e3 * s for label, s in seconds.items()}
+        for label, error in errors.items():
+            record.setdefault("latency_errors", {})[f"{label} b{batch}"] = error
+        _save(record, args.json)
         for label in ms:
             base = "before" + variant(label)
             if label == base or base not in ms:

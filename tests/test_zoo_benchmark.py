@@ -77,3 +77,25 @@ def test_latency_over_the_budget_is_skipped_and_said(zoo):
     zoo.measure_latency({"before": torch.nn.Conv2d(3, 4, 3)}, record, args)
     assert list(record["latency_ms"]) == ["1"] and record["latency_ms"]["1"]["before"] > 0
     assert record["latency_skipped"]["2"] == "batch 2 x 0.1 GMACs > --max-gmacs 0.2"
+
+
+def test_models_are_timed_in_turns_and_one_that_fails_is_left_out(zoo):
+    calls = []
+
+    class Step(torch.nn.Module):
+        def __init__(self, label, fail=False):
+            super().__init__()
+            self.label, self.fail = label, fail
+
+        def forward(self, x):
+            calls.append(self.label)
+            if self.fail:
+                raise RuntimeError("no kernel")
+            return x
+
+    models = {"before": Step("before"), "fxprune": Step("fxprune"), "tp": Step("tp", fail=True)}
+    errors = {}
+    seconds = zoo.latencies(models, dict.fromkeys(models, torch.zeros(1)), warmup=1, repeats=2, errors=errors)
+    assert calls == ["before", "fxprune", "tp"] + ["before", "fxprune"] * 2
+    assert sorted(seconds) == ["before", "fxprune"] and all(s >= 0 for s in seconds.values())
+    assert errors == {"tp": "RuntimeError: no kernel"}
