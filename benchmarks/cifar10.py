@@ -414,12 +414,12 @@ def main(argv=None) -> int:
     loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    shared = None if args.dense_per_seed else dense_model(args.model, loaders, proto, out, args.progress,
-                                                          device=args.device)
-    per_seed = {}
+    starts, per_seed = {}, {}  # dense seed -> its dense start, built once
     for seed in args.seeds:
-        dense = shared or dense_model(args.model, loaders, proto, out, args.progress, seed=seed, device=args.device)
-        per_seed[seed] = run_seed(seed, dense, loaders, proto, out / f"seed{seed}", args)
+        start = dense_seed(args, seed)
+        if start not in starts:
+            starts[start] = dense_model(args.model, loaders, proto, out, args.progress, seed=start, device=args.device)
+        per_seed[seed] = run_seed(seed, starts[start], loaders, proto, out / f"seed{seed}", args)
     rows = summarise(per_seed)
     meta = {**run_meta(args, proto), "seeds": args.seeds}
     (out / "summary.json").write_text(json.dumps({**meta, "rows": rows, "per_seed": per_seed}, indent=1))

@@ -332,29 +332,31 @@ def latencies(models: dict, inputs: dict, warmup: int, repeats: int, errors: dic
 
     Every model gets ``warmup`` untimed passes, then the models run one pass each, round after
     round, ``repeats`` rounds. A slow spell of the machine (another process, the host) then
-    falls on every model alike instead of on whichever was being timed, so that the ratios of
-    the medians (speed-up, efficiency) move far less than timing each model's passes in a row.
+    falls on every model alike instead of on whichever was being timed, and does not skew the
+    ratios of the medians (speed-up, efficiency) as it does when each model's passes run in a row.
     A model that raises is left out and its error recorded in ``errors``.
     """
     times: dict = {label: [] for label in models}
+
+    def run(label) -> bool:
+        try:
+            models[label](inputs[label])
+            return True
+        except Exception as e:  # recorded; the other models are still timed
+            errors[label] = f"{type(e).__name__}: {e}"[:300]
+            del times[label]
+            return False
+
     with torch.inference_mode():
-        for label, model in models.items():
-            try:
-                for _ in range(warmup):
-                    model(inputs[label])
-            except Exception as e:  # recorded; the other models are still timed
-                errors[label] = f"{type(e).__name__}: {e}"[:300]
-                del times[label]
+        for label in list(times):
+            for _ in range(warmup):
+                if not run(label):
+                    break
         for _ in range(repeats):
             for label in list(times):
                 t0 = time.perf_counter()
-                try:
-                    models[label](inputs[label])
-                except Exception as e:
-                    errors[label] = f"{type(e).__name__}: {e}"[:300]
-                    del times[label]
-                    continue
-                times[label].append(time.perf_counter() - t0)
+                if run(label):
+                    times[label].append(time.perf_counter() - t0)
     return {label: statistics.median(t) for label, t in times.items() if t}
 
 
