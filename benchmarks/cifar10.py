@@ -398,6 +398,9 @@ def parse_args(argv=None):
     p.add_argument("--fresh", action="store_true", help="recompute rows already in results.json")
     p.add_argument("--redo", nargs="+", default=[], choices=METHODS, metavar="METHOD",
                    help="recompute these rows, keep the others in results.json")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: the table, summary and plot from the seeds' results already under --out "
+                        "(seeds that ran as separate processes, for instance; seeds with no rows are left out)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
@@ -411,24 +414,37 @@ def main(argv=None) -> int:
             setattr(proto, field, getattr(args, field))
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
+    if args.report:  # the table from rows already on disk, e.g. seeds that ran as separate processes
+        per_seed = {seed: saved_rows(out / f"seed{seed}", proto, args, seed) for seed in args.seeds}
+        per_seed = {seed: rows for seed, rows in per_seed.items() if rows}
+        if not per_seed:
+            print(f"no results under {out} for seeds {args.seeds} with this protocol")
+            return 1
+    else:
+        per_seed = train_seeds(args, proto, out)
+    rows = summarise(per_seed)
+    meta = {**run_meta(args, proto), "seeds": sorted(per_seed)}
+    (out / "summary.json").write_text(json.dumps({**meta, "rows": rows, "per_seed": per_seed}, indent=1))
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    plot(rows, out / "accuracy_vs_macs.png", f"{args.model}, CIFAR-10, {args.protocol} protocol, "
+                                             f"{len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}")
+    print(text)
+    return 0
+
+
+def train_seeds(args, proto: Protocol, out: Path) -> dict:
+    """Every seed's rows (trained, or reused from disk), by seed; each dense start is built once."""
     loaders = cifar10_loaders(args.data, proto.batch_size, subset=args.subset, seed=0, scratch_dir=args.scratch)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    starts, per_seed = {}, {}  # dense seed -> its dense start, built once
+    starts, per_seed = {}, {}  # dense seed -> its dense start
     for seed in args.seeds:
         start = dense_seed(args, seed)
         if start not in starts:
             starts[start] = dense_model(args.model, loaders, proto, out, args.progress, seed=start, device=args.device)
         per_seed[seed] = run_seed(seed, starts[start], loaders, proto, out / f"seed{seed}", args)
-    rows = summarise(per_seed)
-    meta = {**run_meta(args, proto), "seeds": args.seeds}
-    (out / "summary.json").write_text(json.dumps({**meta, "rows": rows, "per_seed": per_seed}, indent=1))
-    text = table(rows)
-    (out / "table.md").write_text(text + "\n")
-    plot(rows, out / "accuracy_vs_macs.png", f"{args.model}, CIFAR-10, {args.protocol} protocol, "
-                                             f"{len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}")
-    print(text)
-    return 0
+    return per_seed
 
 
 def run_meta(args, proto: Protocol) -> dict:
@@ -449,10 +465,8 @@ def run_seed(seed: int, dense: nn.Module, loaders, proto: Protocol, out: Path, a
     out.mkdir(parents=True, exist_ok=True)
     loaders[0].seed = seed
     results_path = out / "results.json"
-    saved = json.loads(results_path.read_text()) if results_path.exists() and not args.fresh else {}
-    same_start = saved.get("dense_seed", 0) == dense_seed(args, seed)
-    rows = {r["method"]: r for r in saved.get("rows", [])
-            if saved.get("protocol") == asdict(proto) and same_start and r["method"] not in args.redo}
+    rows = {} if args.fresh else saved_rows(out, proto, args, seed)
+    rows = {method: row for method, row in rows.items() if method not in args.redo}
     for method in args.methods:
         if method in rows:
             continue
@@ -468,6 +482,15 @@ def run_seed(seed: int, dense: nn.Module, loaders, proto: Protocol, out: Path, a
         meta = {**run_meta(args, proto), "seed": seed, "dense_seed": dense_seed(args, seed)}
         results_path.write_text(json.dumps({**meta, "rows": list(rows.values())}, indent=1))
     return rows
+
+
+def saved_rows(out: Path, proto: Protocol, args, seed: int) -> dict:
+    """The rows in ``out/results.json`` that this run may reuse (same protocol, same dense start), by method."""
+    results_path = out / "results.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if saved.get("protocol") != asdict(proto) or saved.get("dense_seed", 0) != dense_seed(args, seed):
+        return {}
+    return {r["method"]: r for r in saved.get("rows", [])}
 
 
 if __name__ == "__main__":

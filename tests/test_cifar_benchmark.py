@@ -68,6 +68,20 @@ def test_finished_rows_are_reused(cifar10, fake_cifar):
     assert path.read_text() == first
 
 
+def test_report_tables_seeds_that_ran_as_separate_processes(cifar10, fake_cifar):
+    out = fake_cifar / "out"
+    for seed in ("1", "2"):  # as a GPU run does: one process per seed, all writing under one --out
+        _run(cifar10, fake_cifar, out, "--seeds", seed, "--dense-per-seed")
+    flags = ["--data", "/nonexistent", "--model", "resnet20", "--dense-epochs", "1", "--method-epochs", "1",
+             "--sparse-epochs", "1", "--target", "0.3", "--out", str(out), "--dense-per-seed", "--report"]
+    assert cifar10.main(flags + ["--seeds", "1", "2", "3"]) == 0  # trains nothing, so needs no data; seed 3 never ran
+    summary = json.loads((out / "resnet20" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2]
+    assert {r["method"]: r["seeds"] for r in summary["rows"]} == {"dense": [1, 2], "l1": [1, 2]}
+    # rows from another dense start are not this table's
+    assert cifar10.main([f for f in flags if f != "--dense-per-seed"] + ["--seeds", "1", "2"]) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_rows_train_on_cuda(cifar10, fake_cifar):
     summary = _run(cifar10, fake_cifar, fake_cifar / "out", "--seeds", "0", "--device", "cuda",
