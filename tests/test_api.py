@@ -394,6 +394,29 @@ def test_cuda():
     assert small.conv1.weight.is_cuda
 
 
+def test_the_self_check_runs_in_full_float32_and_restores_the_settings():
+    from fxprune.verify import ieee_float32
+
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        pytest.skip("torch < 2.9: the legacy allow_tf32 flags")
+    before = conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    with ieee_float32():
+        assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_with_tf32_convolutions():
+    """cuDNN's TF32 default used to fail the self-check by rounding alone (1.1e-4 on a CIFAR ResNet-20)."""
+    model = randomize(torchvision.models.resnet18(num_classes=10)).cuda()
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    pm = fxprune.prepare(model, x)
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    assert small(x).shape == (4, 10)
+
+
 class TwoInTwoOut(nn.Module):
     """Two inputs joined by a residual add, a tuple of two outputs (one of them mid-network)."""
 
