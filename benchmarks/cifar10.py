@@ -48,6 +48,9 @@ an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per meth
 GPU, ``--device cuda``; batches are still augmented on the CPU, then moved)::
 
     python benchmarks/cifar10.py --data DIR --model resnet20 --protocol full --device cuda --seeds 0 1 2 --dense-per-seed
+
+One ResNet-20 leaves most of a GPU idle: ``benchmarks/cifar10_seeds.sh`` runs the seeds as
+parallel processes and then ``--report``, which trains nothing and tables the results on disk.
 """
 
 from __future__ import annotations
