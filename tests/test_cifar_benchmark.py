@@ -1,13 +1,16 @@
 """benchmarks/cifar10.py end to end on a tiny fake CIFAR-10: rows, their reuse, and one dense start per seed."""
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import benchmark_script
+from helpers import BENCHMARKS, benchmark_script
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,21 @@ def test_report_tables_seeds_that_ran_as_separate_processes(cifar10, fake_cifar)
     assert {r["method"]: r["seeds"] for r in summary["rows"]} == {"dense": [1, 2], "l1": [1, 2]}
     # rows from another dense start are not this table's
     assert cifar10.main([f for f in flags if f != "--dense-per-seed"] + ["--seeds", "1", "2"]) == 1
+
+
+def test_seeds_script_runs_each_seed_in_its_own_process_then_tables_them_all(cifar10, fake_cifar):
+    _run(cifar10, fake_cifar, fake_cifar / "warm", "--seeds", "0", methods=("dense",))  # decodes once
+    out, logs = fake_cifar / "out", fake_cifar / "logs"
+    env = {**os.environ, "PYTHON": sys.executable, "JOBS": "2", "LOG_DIR": str(logs)}
+    flags = ["--data", str(fake_cifar), "--model", "resnet20", "--methods", "dense", "l1", "--dense-epochs", "1",
+             "--method-epochs", "1", "--sparse-epochs", "1", "--target", "0.3", "--dense-per-seed", "--out", str(out)]
+    done = subprocess.run(["bash", str(BENCHMARKS / "cifar10_seeds.sh"), "1 2 3", *flags], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["seed1.log", "seed2.log", "seed3.log"]
+    summary = json.loads((out / "resnet20" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2, 3]
+    assert {r["method"]: r["seeds"] for r in summary["rows"]} == {"dense": [1, 2, 3], "l1": [1, 2, 3]}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
