@@ -85,9 +85,9 @@ def assert_finalized_equals_masked(pm, inputs=None, threshold: float = 0.0, rtol
     finalized.graph.lint()
     assert not any(type(m).__module__.startswith("fxprune") for m in finalized.modules()), "fxprune module left"
     assert not hasattr(finalized, "fxprune"), "mask bank left in the finalized model"
-    with thresholded(pm, threshold), ieee_float32():  # masks at or below the threshold count as zero
-        expected = outputs(pm, inputs)
     with ieee_float32():  # no TF32 on CUDA: its rounding alone exceeds rtol
+        with thresholded(pm, threshold):  # the masked model: masks at or below the threshold count as zero
+            expected = outputs(pm, inputs)
         got = outputs(finalized, inputs)
     assert len(expected) == len(got)
     for e, g in zip(expected, got):
