@@ -142,6 +142,8 @@ def _copy_sharing_tensors(prepared: torch.fx.GraphModule, state: PruneState) -> 
     memo = {id(state): state}
     for t in list(prepared.parameters()) + list(prepared.buffers()):
         memo[id(t)] = t
+    for child in prepared.children():  # the GraphModule copies itself its own way, its modules faster
+        copies.deepcopy_modules(child, memo)
     return copy.deepcopy(prepared, memo)
 
 

@@ -109,3 +109,38 @@ def test_prepare_and_finalize_never_materialise_the_copy():
     copied = [p for name, p in pm.named_parameters() if not name.startswith("fxprune.")]
     assert len(copied) == len(list(model.parameters()))
     assert all(torch._C._is_cow_tensor(p) for p in copied)
+
+
+def test_deepcopy_modules_copies_as_deepcopy_does():
+    import copy
+
+    import torchvision
+
+    from fxprune.copies import deepcopy_modules
+
+    class Odd(nn.Module):  # copies itself its own way: deepcopy_modules must defer to that
+        def __init__(self):
+            super().__init__()
+            self.copied = False
+
+        def __deepcopy__(self, memo):
+            new = Odd()
+            new.copied = True
+            return new
+
+    model = torchvision.models.resnet18()
+    shared = nn.ReLU()
+    model.extra = nn.Sequential(shared, nn.Linear(2, 2), shared, Odd())
+    model.extra.sizes = [1, 2]
+    model.extra.register_forward_hook(lambda m, args, out: None)
+    fast, slow = deepcopy_modules(model, {}), copy.deepcopy(model)
+    assert repr(fast) == repr(slow)
+    assert_same(values(fast), values(slow))
+    assert fast.extra[0] is fast.extra[2] and fast.extra[0] is not shared
+    assert fast.extra[3].copied and fast.extra.sizes == [1, 2] and fast.extra.sizes is not model.extra.sizes
+    assert len(fast.extra._forward_hooks) == 1
+    for (name, a), (_, b) in zip(fast.named_modules(), slow.named_modules()):
+        assert type(a) is type(b) and a.__dict__.keys() == b.__dict__.keys(), name
+        plain = {k for k, v in vars(a).items() if not isinstance(v, (dict, torch.Tensor, nn.Module))}
+        assert {k: vars(a)[k] for k in plain} == {k: vars(b)[k] for k in plain}, name
+    assert all(p is not q for p, q in zip(fast.parameters(), model.parameters()))
