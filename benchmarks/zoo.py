@@ -194,6 +194,7 @@ def measure_fxprune(model, x, round_to, record) -> dict:
         t4 = time.perf_counter()
     after = fxprune.count(small, x)
     fx.update(ok=True, prepare_s=t1 - t0, prune_s=t2 - t1, finalize_s=t3 - t2, check_s=t4 - t3, total_s=t4 - t0,
+              trace_s=fx_trace_time(model),
               peak_extra_mb=mem.extra_mb, equivalence_error=error,
               prunable_share=fxprune.prunable_share(pm), groups=len(fxprune.channel_groups(pm)),
               macs_after=after.macs, params_after=after.params,
@@ -216,6 +217,20 @@ def measure_fxprune(model, x, round_to, record) -> dict:
                               params_after=after.params)
         models[f"fxprune_round{round_to}"] = rounded
     return models
+
+
+def fx_trace_time(model):
+    """Seconds torch.fx's own ``symbolic_trace`` takes on the model; None where it cannot trace it.
+
+    With the self-check's time, a floor under any pass that, like fxprune, traces with
+    torch.fx and runs the model to check its result, however fast its own analysis.
+    """
+    try:
+        t0 = time.perf_counter()
+        torch.fx.symbolic_trace(model)
+        return time.perf_counter() - t0
+    except Exception:
+        return None
 
 
 def tp_ignored(model, fx: dict) -> list:

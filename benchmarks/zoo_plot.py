@@ -105,6 +105,9 @@ def summary(rows: list, large: int) -> dict:
     tp_time = _median([r["tp"]["total_s"] for r in both])
     tp_graph = _median([r["tp"].get("graph_s") for r in both])
     fx_unchecked = _median([r["fxprune"]["total_s"] - r["fxprune"].get("check_s", 0.0) for r in both])
+    traced = [r for r in both if r["fxprune"].get("trace_s") is not None]
+    floor = _median([r["fxprune"]["trace_s"] + r["fxprune"]["check_s"] for r in traced])
+    floor_tp = _median([r["tp"]["total_s"] for r in traced])
     key = str(large)
 
     def over(label, table_key="efficiency", batch=key):
@@ -127,6 +130,8 @@ def summary(rows: list, large: int) -> dict:
         "time_ratio": fx_time / tp_time if fx_time and tp_time else None,
         "median_fxprune_unchecked_s": fx_unchecked,
         "time_ratio_unchecked": fx_unchecked / tp_time if fx_unchecked and tp_time else None,
+        "floor_models": len(traced), "median_floor_s": floor,
+        "floor_ratio": floor / floor_tp if floor and floor_tp else None,
         f"median_efficiency_b{key}": {k: over(k) for k in labels},
         "median_efficiency_b1": {k: over(k, batch="1") for k in labels},
         f"median_speedup_b{key}": {k: over(k, "speedup") for k in labels},
@@ -166,6 +171,9 @@ def summary_text(s: dict, large: int) -> str:
         f"ratio {_fmt(s['time_ratio'], '.2f')} (target <= 0.5); without finalize's self-check (Torch-Pruning "
         f"checks nothing) {_fmt(s.get('median_fxprune_unchecked_s'), '.2f')} s, ratio "
         f"{_fmt(s.get('time_ratio_unchecked'), '.2f')}",
+        f"- floor under that time: torch.fx's symbolic_trace plus the self-check's forward passes, median "
+        f"{_fmt(s.get('median_floor_s'), '.2f')} s over the {s.get('floor_models', 0)} of them plain symbolic_trace "
+        f"traces, ratio {_fmt(s.get('floor_ratio'), '.2f')} to Torch-Pruning's median over the same models",
         f"- median latency efficiency at batch {large} (target >= 0.85): " + _by_label(eff)
         + f"; at batch 1: {_by_label(s['median_efficiency_b1'])}",
         f"- median speed-up at batch {large}: {_by_label(spd)}",

@@ -37,6 +37,7 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     assert 0 < fx["prepare_s"] and 0 < fx["finalize_s"] and fx["total_s"] >= fx["prepare_s"] + fx["finalize_s"]
     assert 0 < fx["macs_after"] < record["macs_before"] and 0 < fx["params_after"] < record["params_before"]
     assert fx["output_layers"] == ["fc"] and fx["round_to"]["round_to"] == 8
+    assert 0 < fx["trace_s"] < fx["prepare_s"]  # torch.fx's own trace: part of prepare's work
     unfolded = {"before", "fxprune"} | ({"tp"} if HAVE_TP else set())
     variants = ("+fold", "+nhwc", "+fold+nhwc")
     labels = unfolded | {"fxprune_round8"} | {label + suffix for label in unfolded for suffix in variants}
@@ -54,6 +55,9 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
         assert tp["ok"] and tp["same_output_shapes"] and tp["ignored"] == ["fc"]
         assert tp["masked_error"] <= 1e-4  # resnet18 is a case Torch-Pruning prunes exactly
         assert tp["total_s"] == pytest.approx(tp["pruner_s"] + tp["step_s"])
+        floor = zoo_plot.summary([record], 2)
+        assert floor["floor_models"] == 1
+        assert floor["floor_ratio"] == pytest.approx((fx["trace_s"] + fx["check_s"]) / tp["total_s"])
     text = zoo_plot.write_report(tmp_path, {"batches": [1, 2]}, [record], 2)
     assert "fxprune pruned 1" in text and "resnet18" in (tmp_path / "zoo.md").read_text()
     efficiency = zoo_plot.summary([record], 2)["median_efficiency_b2"]
