@@ -302,7 +302,9 @@ class AtomTable:
         """
         for i, a in enumerate(dim[:, 0].tolist()):
             parts = tuple(int(f[i][j]) for f in factors for j in range(f.shape[1]) if f[i][j] >= 0)
-            if parts:
+            if len(parts) == 1:  # one factor (a depthwise convolution's group): the same channel
+                self._unify_single(a, parts[0], "refined into one factor")
+            elif parts:
                 self._refine(a, parts)
             else:
                 self.frozen.setdefault(self.find(a), "its only factors cannot be pruned")

@@ -230,6 +230,18 @@ def test_depthwise_conv_ties_input_and_output_channels():
     assert small.grouped.groups == small.grouped.in_channels == small.grouped.out_channels == 4
 
 
+def test_an_atom_refined_into_one_factor_becomes_that_factor_frozen_or_not():
+    from fxprune.channels import AtomTable
+
+    atoms = AtomTable()
+    outputs, groups = atoms.new_space(2, "dw.weight:0"), atoms.new_space(2, "groups@dw")
+    atoms.freeze(groups[1:], "reaches the output")
+    atoms.refine(outputs, [groups])  # a depthwise convolution: one group per channel, one channel per group
+    assert not atoms.refined  # a union, so later unions with these channels take the fast path
+    assert atoms.leaves(outputs[0]) == atoms.leaves(groups[0]) and len(atoms.leaves(outputs[0])) == 1
+    assert atoms.leaves(outputs[1]) == () and atoms.frozen_reason(int(outputs[1, 0])) == "reaches the output"
+
+
 def test_grouped_conv_prunes_whole_groups_and_positions_within_groups():
     pm = prepared(Depthwise(groups=2), torch.randn(1, 3, 5, 5))
     assert group_sizes(pm) == [2, 4, 4]  # groups, input position in a group, output position in a group
