@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 
 import torch
@@ -103,17 +104,11 @@ _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, type, to
 _CONTAINERS = frozenset({dict, OrderedDict, list, set})
 
 
+@functools.cache
 def _copies_by_default(cls) -> bool:
-    hit = _BY_DEFAULT.get(cls)
-    if hit is None:
-        hit = (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
-               and cls.__getstate__ is nn.Module.__getstate__ and not hasattr(cls, "__deepcopy__")
-               and not any("__slots__" in vars(k) for k in cls.__mro__[:-1]))
-        _BY_DEFAULT[cls] = hit
-    return hit
-
-
-_BY_DEFAULT: dict = {}
+    return (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and cls.__getstate__ is nn.Module.__getstate__ and not hasattr(cls, "__deepcopy__")
+            and not any("__slots__" in vars(k) for k in cls.__mro__[:-1]))
 
 
 def _lazy_ok(t: torch.Tensor) -> bool:
