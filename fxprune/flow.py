@@ -7,12 +7,15 @@ rule. Parameters get fresh atoms the first time a rule touches them. What cannot
 understood becomes a barrier: its channels are frozen and the reason is kept.
 
 Only shapes matter here, and almost all of a forward pass's arithmetic is in a few ops
-(convolutions, linear layers, matrix products, attention). Those are run on meta tensors
-and their outputs are zeros of the right shape and dtype; everything else runs for real,
-which costs less than FakeTensor's per-op bookkeeping. Values computed from parameters
-and buffers alone (index tables) stay exact; activations after a heavy op are not the
-model's, so an op whose output *shape* depends on activation values (``nonzero``) would
-see zeros. Index-coded probes (:meth:`ChannelFlow.call`) always run for real.
+(convolutions, linear layers, matrix products, attention). Their outputs are *stand-ins*:
+zeros of the right shape and dtype, the shape computed directly (convolution and linear
+modules) or on meta tensors. A cheap module that keeps its input's shape (BatchNorm,
+activations, dropout) applied to a stand-in returns that stand-in instead of computing;
+everything else runs for real, which costs less than FakeTensor's per-op bookkeeping.
+Values computed from parameters and buffers alone (index tables) stay exact; activations
+after a heavy op are not the model's, so an op whose output *shape* depends on activation
+values (``nonzero``) would see zeros. Index-coded probes (:meth:`ChannelFlow.call`) always
+run for real.
 
 Example:
     >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()))
@@ -65,6 +68,7 @@ class ChannelFlow(torch.fx.Interpreter):
         self.barriers: list[Barrier] = []
         self.approximate: list[str] = []
         self.shape_only = True
+        self.fake: set[str] = set()  # nodes whose value is only a stand-in of the right shape
 
     def propagate(self, *example_inputs, shape_only: bool = True) -> "ChannelFlow":
         """Run the graph in eval mode without gradients; returns self.
@@ -92,6 +96,8 @@ class ChannelFlow(torch.fx.Interpreter):
             out = self._shape_only(n, args, kwargs) if self.shape_only else None
             if out is None:
                 out = getattr(self, n.op)(n.target, args, kwargs)
+            else:
+                self.fake.add(n.name)
         self.shapes[n.name] = pytree.tree_map(_shape_of, out)
         self.layouts[n.name] = self.layout_for(n, args, kwargs, out)
         return out
@@ -100,10 +106,18 @@ class ChannelFlow(torch.fx.Interpreter):
         """A heavy op's output as zeros computed from meta tensors; None for other ops or where meta fails."""
         if n.op == "call_module":
             module = self.module.get_submodule(n.target)
-            if not isinstance(module, _HEAVY_MODULES) or module._forward_hooks or module._forward_pre_hooks:
+            if module._forward_hooks or module._forward_pre_hooks:
+                return None
+            if isinstance(module, _SHAPE_KEEPING_MODULES):
+                return self._stand_in_kept(n, module, args, kwargs)
+            if not isinstance(module, _HEAVY_MODULES):
                 return None
             if isinstance(module, nn.Linear) and len(args) == 1 and not kwargs:  # meta's addmm is slow
                 return _zeros_like_linear(args[0], module.weight)
+            if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and len(args) == 1 and not kwargs:
+                out = _zeros_like_conv(args[0], module)
+                if out is not None:  # else meta says what is wrong
+                    return out
             meta = {k: v.to("meta") for k, v in
                     list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))}
             op = lambda *a, **k: torch.func.functional_call(module, meta, a, k)  # noqa: E731
@@ -125,6 +139,17 @@ class ChannelFlow(torch.fx.Interpreter):
             return None
         return pytree.tree_map(
             lambda t: torch.zeros(t.shape, dtype=t.dtype, device=device) if isinstance(t, torch.Tensor) else t, out)
+
+    def _stand_in_kept(self, n: torch.fx.Node, module: nn.Module, args, kwargs):
+        """A shape-keeping module applied to a stand-in: its output is a stand-in too, the input itself."""
+        if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor) \
+                or not isinstance(n.args[0], torch.fx.Node) or n.args[0].name not in self.fake:
+            return None
+        x = args[0]
+        dims = _BATCH_NORM_DIMS.get(type(module))
+        if dims is not None and (x.dim() not in dims or x.shape[1] != module.num_features):
+            return None  # let the module say what is wrong
+        return x
 
     def call(self, node: torch.fx.Node, args, kwargs):
         """Call a node's op on other arguments, for real (used by rules that probe an op)."""
@@ -243,6 +268,23 @@ def _zeros_like_linear(x, weight):
     return torch.zeros(*x.shape[:-1], weight.shape[0], dtype=torch.result_type(x, weight), device=x.device)
 
 
+def _zeros_like_conv(x, conv: nn.modules.conv._ConvNd):
+    """Zeros of the shape a (not transposed) convolution's output has; None where ``x`` does not fit it."""
+    n = len(conv.kernel_size)
+    if not isinstance(x, torch.Tensor) or x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != conv.in_channels \
+            or x.dtype != conv.weight.dtype or x.device != conv.weight.device:
+        return None
+    if conv.padding == "same":
+        spatial = x.shape[-n:]
+    else:
+        padding = (0,) * n if conv.padding == "valid" else conv.padding
+        spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                   zip(x.shape[-n:], padding, conv.dilation, conv.kernel_size, conv.stride)]
+    if any(size <= 0 for size in spatial):
+        return None
+    return torch.zeros(*x.shape[:-n - 1], conv.out_channels, *spatial, dtype=x.dtype, device=x.device)
+
+
 # the ops whose arithmetic is nearly all of a forward pass; propagation only needs their shapes
 _HEAVY_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d)
@@ -250,6 +292,13 @@ _HEAVY_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, 
                     F.conv_transpose3d, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.baddbmm,
                     torch.addmm, torch.einsum, F.scaled_dot_product_attention}
 _HEAVY_METHODS = {"matmul", "mm", "bmm", "baddbmm", "addmm"}
+
+
+# cheap ops that keep their input's shape and dtype: on a stand-in, their output is one too
+_SHAPE_KEEPING_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU,
+                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish,
+                          nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_BATCH_NORM_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 
 def _shape_of(v):
