@@ -300,8 +300,9 @@ class AtomTable:
             factors: layouts as long as ``dim``; row ``i`` of each names the factor atoms
                 index ``i`` of ``dim`` becomes.
         """
-        for i, a in enumerate(dim[:, 0].tolist()):
-            parts = tuple(int(f[i][j]) for f in factors for j in range(f.shape[1]) if f[i][j] >= 0)
+        rows = np.concatenate(factors, axis=1).tolist() if factors else [[] for _ in range(dim.shape[0])]
+        for a, row in zip(dim[:, 0].tolist(), rows):
+            parts = tuple(f for f in row if f >= 0)
             if len(parts) == 1:  # one factor (a depthwise convolution's group): the same channel
                 self._unify_single(a, parts[0], "refined into one factor")
             elif parts:
