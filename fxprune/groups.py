@@ -89,6 +89,12 @@ class ChannelIndex:
     params: list
     frozen: dict
 
+    def group_channels(self) -> list:
+        """Per group, its channel ids in ascending order (position order)."""
+        order = np.argsort(self.group_of, kind="stable")
+        bounds = np.searchsorted(self.group_of[order], np.arange(len(self.groups) + 1))
+        return [order[bounds[g]:bounds[g + 1]] for g in range(len(self.groups))]
+
 
 def resolve(flow) -> ChannelIndex:
     """Turn the atom table of a finished flow into channels and groups."""
@@ -112,11 +118,12 @@ def resolve(flow) -> ChannelIndex:
             hit = cache[id(dim)] = _rows_to_cids(dim, leaf_table, cid_of_leaf)
         return hit
 
-    node_layouts = {name: pytree.tree_map(to_cids, lay) for name, lay in flow.layouts.items()}
+    node_layouts = {name: _map_dims(to_cids, lay) for name, lay in flow.layouts.items()}
     params = []
     roots = _roots(atoms)
+    frozen_reasons = _FrozenReasons(atoms, roots, atom_live)
     for record in flow.params.values():
-        record.frozen = {d: _frozen_reasons(atoms, roots, atom_live, dim)
+        record.frozen = {d: frozen_reasons(dim)
                          for d, dim in enumerate(record.layout) if d in record.roles}
         record.layout = tuple(to_cids(d) for d in record.layout)
         params.append(record)
@@ -125,6 +132,15 @@ def resolve(flow) -> ChannelIndex:
     for reason in atoms.frozen.values():
         frozen[reason] = frozen.get(reason, 0) + 1
     return ChannelIndex(groups, group_of, position, node_layouts, params, frozen)
+
+
+def _map_dims(fn, lay):
+    """``fn`` applied to every dimension layout of a node's layout (a tuple of them, or a pytree)."""
+    if lay is None:
+        return None
+    if type(lay) is tuple and all(hasattr(d, "shape") for d in lay):  # one tensor's: nearly every node
+        return tuple(fn(d) for d in lay)
+    return pytree.tree_map(fn, lay)
 
 
 def _freeze_unconsumed(flow, table: np.ndarray) -> None:
@@ -167,18 +183,34 @@ def _freeze_what_would_empty_a_layer(flow, table: np.ndarray) -> None:
                 atoms.frozen.setdefault(leaf, f"switching it off would remove every index of {name}'s dimension {d}")
 
 
-def _frozen_reasons(atoms: AtomTable, roots: np.ndarray, atom_live: np.ndarray, dim: np.ndarray) -> dict:
-    """reason -> how many indices of this dimension are frozen for it."""
-    if dim.shape[1] == 0:
-        return {_NEVER: dim.shape[0]} if dim.shape[0] else {}
-    live_rows = atom_live[dim].any(axis=1)  # -1 picks the trailing False
-    reasons: dict[str, int] = {}
-    first = dim[~live_rows, 0]
-    firsts, counts = np.unique(np.where(first >= 0, roots[first], NONE), return_counts=True)
-    for first, count in zip(firsts.tolist(), counts.tolist()):
-        reason = (atoms.frozen_reason(first) if first >= 0 else None) or _NEVER
-        reasons[reason] = reasons.get(reason, 0) + count
-    return reasons
+class _FrozenReasons:
+    """How many indices of a dimension are frozen, by reason; each frozen root's reason is looked up once.
+
+    Many dimensions share the same frozen channels (a transformer's residual stream), so the
+    reasons are kept as one code per root and counted with numpy.
+    """
+
+    def __init__(self, atoms: AtomTable, roots: np.ndarray, atom_live: np.ndarray):
+        self.atoms, self.roots, self.atom_live = atoms, roots, atom_live
+        self.code = np.full(len(roots) + 1, NONE, dtype=np.int64)  # root -> reason index; last: no atom
+        self.reasons = [_NEVER]
+        self.index = {_NEVER: 0}
+        self.code[-1] = 0
+
+    def __call__(self, dim: np.ndarray) -> dict:
+        """reason -> how many indices of ``dim`` are frozen for it."""
+        if dim.shape[1] == 0:
+            return {_NEVER: dim.shape[0]} if dim.shape[0] else {}
+        live_rows = self.atom_live[dim].any(axis=1)  # -1 picks the trailing False
+        first = dim[~live_rows, 0]
+        first = np.where(first >= 0, self.roots[first], NONE)  # NONE picks the last code: no atom
+        for root in np.unique(first[self.code[first] == NONE]).tolist():
+            reason = self.atoms.frozen_reason(root) or _NEVER
+            self.code[root] = self.index.setdefault(reason, len(self.reasons))
+            if self.code[root] == len(self.reasons):
+                self.reasons.append(reason)
+        counts = np.bincount(self.code[first], minlength=len(self.reasons))
+        return {self.reasons[i]: int(c) for i, c in enumerate(counts.tolist()) if c}
 
 
 _NEVER = "never prunable (fed by the input, size one, or coupled to something fixed)"
@@ -275,11 +307,12 @@ def _group_by_signature(n_channels: int, node_layouts: dict, params: list):
     mid = np.concatenate([p[1] for p in pairs])
     order = np.lexsort((mid, cid))
     cid, mid = cid[order], mid[order]
-    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
-    ends = np.r_[starts[1:], cid.size]
+    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]]).tolist()
+    ends = starts[1:] + [cid.size]
+    mids, cids = mid.tolist(), cid.tolist()  # plain lists: one slice per channel
     by_signature: dict[tuple, list] = {}
     for s, e in zip(starts, ends):
-        by_signature.setdefault(tuple(mid[s:e].tolist()), []).append(int(cid[s]))
+        by_signature.setdefault(tuple(mids[s:e]), []).append(cids[s])
     group_of = np.full(n_channels, NONE, dtype=np.int64)
     position = np.full(n_channels, NONE, dtype=np.int64)
     groups = []

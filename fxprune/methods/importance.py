@@ -126,7 +126,7 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     index = state.index
     scores = channel_importance(pm, importance, seed)
     skip = _ignored_groups(index, set(ignore))
-    members = [np.flatnonzero(index.group_of == i) for i in range(len(index.groups))]
+    members = index.group_channels()
     if scope == "local":
         factors = factor_counts(index)
         share = [1.0 - (1.0 - ratio) ** (1.0 / k) for k in factors]
