@@ -37,6 +37,11 @@ class Plan:
         """Indices of a dimension that survive: every channel they depend on is kept."""
         if cids.shape[1] == 0:
             return np.arange(cids.shape[0])
+        if cids.shape[1] == 1:  # most dimensions: one channel per index
+            c = cids[:, 0]
+            ok = c < 0
+            ok[~ok] = self.alive[c[~ok]]
+            return np.flatnonzero(ok)
         ok = np.all((cids < 0) | self.alive[np.clip(cids, 0, None)], axis=1)
         return np.flatnonzero(ok)
 

@@ -69,6 +69,7 @@ class ChannelFlow(torch.fx.Interpreter):
         self.approximate: list[str] = []
         self.shape_only = True
         self.fake: set[str] = set()  # nodes whose value is only a stand-in of the right shape
+        self.submodules = dict(gm.named_modules(remove_duplicate=False))  # path -> module, looked up per node
 
     def propagate(self, *example_inputs, shape_only: bool = True) -> "ChannelFlow":
         """Run the graph in eval mode without gradients; returns self.
@@ -105,7 +106,7 @@ class ChannelFlow(torch.fx.Interpreter):
     def _shape_only(self, n: torch.fx.Node, args, kwargs):
         """A heavy op's output as zeros computed from meta tensors; None for other ops or where meta fails."""
         if n.op == "call_module":
-            module = self.module.get_submodule(n.target)
+            module = self.submodule(n.target)
             if module._forward_hooks or module._forward_pre_hooks:
                 return None
             if isinstance(module, _SHAPE_KEEPING_MODULES):
@@ -154,11 +155,15 @@ class ChannelFlow(torch.fx.Interpreter):
     def call(self, node: torch.fx.Node, args, kwargs):
         """Call a node's op on other arguments, for real (used by rules that probe an op)."""
         if node.op == "call_module":
-            return self.module.get_submodule(node.target)(*args, **kwargs)
+            return self.submodule(node.target)(*args, **kwargs)
         if node.op == "call_method":
             self_obj, *rest = args
             return getattr(self_obj, node.target)(*rest, **kwargs)
         return node.target(*args, **kwargs)
+
+    def submodule(self, path: str) -> nn.Module:
+        module = self.submodules.get(path)
+        return module if module is not None else self.module.get_submodule(path)
 
     def layout_of(self, node: torch.fx.Node):
         return self.layouts.get(node.name)
@@ -178,7 +183,7 @@ class ChannelFlow(torch.fx.Interpreter):
                 if leaf is not None and hasattr(leaf, "shape"):
                     self.atoms.freeze(leaf, "reaches the model output")
             return None
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        module = self.submodule(n.target) if n.op == "call_module" else None
         ctx = RuleContext(self, n, args, kwargs, out, module)
         fn = lookup(n, module)
         if fn is None:

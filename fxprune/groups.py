@@ -149,7 +149,7 @@ def _freeze_unconsumed(flow, table: np.ndarray) -> None:
     consumed = np.zeros(len(atoms.parent) + 1, dtype=bool)
     for site in flow.sites.values():
         dim = flow.layouts[site.source][site.dim]
-        leaves = table[np.unique(dim[dim >= 0])]
+        leaves = table[dim[dim >= 0]]
         consumed[leaves[leaves >= 0]] = True
     live = np.unique(table[table >= 0])
     for leaf in live[~consumed[live]].tolist():

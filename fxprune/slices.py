@@ -62,9 +62,10 @@ def tied_slices(pm, roles=ROLES) -> list:
     """Every :class:`Slice` of a prepared model whose role is in ``roles``."""
     index = state_of(pm).index
     out = []
+    modules = dict(pm.named_modules(remove_duplicate=False))
     for record in index.params:
         owner, attr = record.refs[0]
-        tensor = getattr(pm.get_submodule(owner), attr)
+        tensor = getattr(modules[owner], attr)
         for d, cids in enumerate(record.layout):
             role = record.roles.get(d)
             if role not in roles or cids.shape[1] == 0:

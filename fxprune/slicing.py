@@ -46,6 +46,7 @@ def slice_params(gm: nn.Module, params: list, plan, in_channels: dict) -> set:
     """
     touched = set()
     used = _used_paths(gm)
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for record in params:
         if not any(_is_used(owner, attr, used) for owner, attr in record.refs):
             continue  # only a removed branch held it
@@ -53,7 +54,7 @@ def slice_params(gm: nn.Module, params: list, plan, in_channels: dict) -> set:
         if all(k.size == n for k, n in zip(keeps, record.shape)):
             continue
         owner, attr = record.refs[0]
-        old = getattr(gm.get_submodule(owner), attr)
+        old = getattr(modules[owner], attr)
         new = old.detach()
         for d, keep in enumerate(keeps):
             if keep.size != new.shape[d]:
@@ -61,14 +62,14 @@ def slice_params(gm: nn.Module, params: list, plan, in_channels: dict) -> set:
         new = new.contiguous()
         replacement = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
         for owner, attr in record.refs:
-            module = gm.get_submodule(owner)
+            module = modules[owner]
             if isinstance(replacement, nn.Parameter) or attr not in module._buffers:
                 setattr(module, attr, replacement)
             else:
                 module._buffers[attr] = replacement
             touched.add(owner)
     for path in touched:
-        module = gm.get_submodule(path)
+        module = modules[path]
         fn = _ATTRIBUTES.get(type(module)) or next(
             (f for t, f in _ATTRIBUTES.items() if isinstance(module, t)), None)
         if fn is not None:
