@@ -202,6 +202,8 @@ class _FrozenReasons:
         if dim.shape[1] == 0:
             return {_NEVER: dim.shape[0]} if dim.shape[0] else {}
         live_rows = self.atom_live[dim].any(axis=1)  # -1 picks the trailing False
+        if live_rows.all():
+            return {}
         first = dim[~live_rows, 0]
         first = np.where(first >= 0, self.roots[first], NONE)  # NONE picks the last code: no atom
         for root in np.unique(first[self.code[first] == NONE]).tolist():
