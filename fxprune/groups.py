@@ -241,10 +241,10 @@ def _leaf_table(atoms: AtomTable) -> np.ndarray:
         return table
     # a refined root stands for the leaves of its factors, which may be refined in turn:
     # gather the factors' rows until nothing changes (as deep as the nesting, usually once)
-    width = max(len(atoms.refined[r]) for r in refined.tolist())
-    factors = np.full((refined.size, width), n, dtype=np.int64)  # n: the row of no leaves
-    for i, r in enumerate(refined.tolist()):
-        factors[i, : len(atoms.refined[r])] = atoms.refined[r]
+    rows = [atoms.refined[r] for r in refined.tolist()]
+    width = max(map(len, rows))
+    factors = np.array([f if len(f) == width else f + (n,) * (width - len(f)) for f in rows],  # n: no leaves
+                       dtype=np.int64)
     members = np.isin(roots, refined)
     slot = np.searchsorted(np.sort(refined), roots[members])
     rank = np.argsort(refined)
