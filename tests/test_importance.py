@@ -43,13 +43,41 @@ def test_round_to_keeps_a_multiple_of_channels():
     assert kept == [4, 8]
 
 
-def test_grouped_convolution_loses_the_ratio_of_its_channels_not_more():
+def test_grouped_convolution_loses_whole_groups_and_keeps_their_width():
     model = nn.Sequential(nn.Conv2d(3, 48, 1), nn.Conv2d(48, 48, 3, padding=1, groups=6), nn.Conv2d(48, 10, 1))
     pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
     fxprune.prune_by_importance(pm, 0.5)
     small = assert_finalized_equals_masked(pm)
     conv = small.get_submodule("1")
-    assert conv.in_channels == conv.out_channels == 24 and conv.groups == 4
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (24, 24, 3)
+
+
+def test_attention_loses_whole_heads_and_keeps_the_head_dim():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(24, 4, batch_first=True)  # 4 heads of 6
+            self.fc = nn.Linear(24, 3)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+    pm = fxprune.prepare(Block(), torch.randn(2, 5, 24))
+    fxprune.prune_by_importance(pm, 0.5)
+    kept = {g.size: int(pm.fxprune.masks[g.name].count_nonzero()) for g in fxprune.channel_groups(pm) if g.size < 24}
+    assert kept == {4: 2, 6: 6}
+    small = assert_finalized_equals_masked(pm)
+    assert small.attn.in_proj_weight.shape[0] == 3 * 2 * 6
+
+
+def test_with_the_groups_ignored_their_width_shrinks_instead():
+    model = nn.Sequential(nn.Conv2d(3, 48, 1), nn.Conv2d(48, 48, 3, padding=1, groups=6), nn.Conv2d(48, 10, 1))
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    groups = [g.name for g in fxprune.channel_groups(pm) if g.size == 6]
+    fxprune.prune_by_importance(pm, 0.5, ignore=groups)
+    small = assert_finalized_equals_masked(pm)
+    conv = small.get_submodule("1")
+    assert conv.groups == 6 and conv.in_channels == conv.out_channels == 6 * 6  # 8 - round(8 * (1 - 0.5 ** 0.5))
 
 
 def test_ignored_layers_are_left_alone():

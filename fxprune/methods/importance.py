@@ -103,8 +103,9 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
         pm: a model from :func:`fxprune.prepare`.
         ratio: fraction of channels to remove, in ``[0, 1)``: of each group (local) or of
             all prunable channels (global). Where two groups index one dimension together
-            (heads and head-dims), local pruning shares the ratio between them so that the
-            dimension shrinks by ``ratio``.
+            (groups of a grouped convolution, heads), local pruning removes whole groups
+            and heads, keeping their width, so that the dimension shrinks by ``ratio``
+            (see :func:`local_shares`).
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"random"``.
         scope: ``"local"`` or ``"global"``.
         round_to: keep a multiple of this many channels in every group (where the group
@@ -128,10 +129,9 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     skip = _ignored_groups(index, set(ignore))
     members = index.group_channels()
     if scope == "local":
-        factors = factor_counts(index)
-        share = [1.0 - (1.0 - ratio) ** (1.0 / k) for k in factors]
-        plan = {i: int(math.floor(share[i] * len(m)) if factors[i] == 1 else round(share[i] * len(m)))
-                for i, m in enumerate(members) if i not in skip}
+        shares = local_shares(index, ratio, skip)
+        plan = {i: int(math.floor(share * len(m)) if floor else round(share * len(m)))
+                for i, (m, (share, floor)) in enumerate(zip(members, shares)) if i not in skip}
     else:
         plan = _global_counts(pm, index, scores, members, skip, ratio)
     removed = {}
@@ -150,25 +150,68 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     return removed
 
 
-def factor_counts(index) -> list:
-    """Per group, how many groups' channels multiply to index one dimension (1, or 2 for heads x head-dims).
+def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
+    """Per group, the fraction of its channels local pruning removes, and whether to round it down.
 
-    A dimension indexed by two factors (heads and head-dims, groups and channels per group)
-    loses ``1 - (1 - r1)(1 - r2)`` of its size when the factors lose ``r1`` and ``r2``; local
-    pruning therefore removes ``1 - (1 - ratio) ** (1 / k)`` of each of ``k`` factors, so that
-    every tensor dimension shrinks by ``ratio``.
+    A group that indexes its dimensions alone loses ``ratio`` (rounded down). Where groups
+    index one dimension together as outer and inner factors (the groups and the channels
+    per group of a grouped convolution, heads and head-dims), the outer factor loses
+    ``ratio`` and the inner ones nothing: whole groups and heads go, each kept one keeps
+    its width, the shape fast kernels are written for (a pruned RegNet or ResNeXt runs
+    faster than with every group narrowed: README, the zoo), and the dimension still
+    shrinks by ``ratio``. A group that is outer in one dimension and inner in another (a channel
+    shuffle swaps them), or whose outer factor is ignored, shares instead: each of the
+    ``k`` factors of its dimensions loses ``1 - (1 - ratio) ** (1 / k)`` (rounded), so the
+    dimension again shrinks by ``ratio``.
     """
-    k = [1] * len(index.groups)
+    n = len(index.groups)
+    roles: list = [set() for _ in range(n)]
+    k = [1] * n
+    for order in factored_dims(index):
+        shared = order[0] in skip
+        for position, g in enumerate(order):
+            k[g] = max(k[g], len(order))
+            roles[g].add("shared" if shared else "inner" if position else "outer")
+    out = []
+    for g in range(n):
+        if roles[g] <= {"outer"}:
+            out.append((ratio, True))
+        elif roles[g] == {"inner"}:
+            out.append((0.0, True))
+        else:
+            out.append((1.0 - (1.0 - ratio) ** (1.0 / k[g]), False))
+    return out
+
+
+def factored_dims(index) -> list:
+    """Every distinct way groups index a dimension together: their ids, outermost first.
+
+    Within the rows of a dimension that one set of groups indexes, the outer factor is
+    the one whose channel changes least often from row to row (``g * width + j``: the
+    group ``g`` changes every ``width`` rows, the channel within it every row).
+    """
     arrays = {id(d): d for lay in index.node_layouts.values() for d in _leaves(lay)}
     arrays.update({id(d): d for record in index.params for d in record.layout})
+    found = {}
     for cids in arrays.values():
-        if cids.shape[1] < 2:
+        if cids.shape[1] < 2 or cids.shape[0] < 2:
             continue
-        for row in np.unique(np.where(cids >= 0, index.group_of[np.clip(cids, 0, None)], -1), axis=0):
-            groups = set(int(g) for g in row if g >= 0)
-            for g in groups:
-                k[g] = max(k[g], len(groups))
-    return k
+        groups = np.where(cids >= 0, index.group_of[np.clip(cids, 0, None)], -1)
+        sets, which = np.unique(np.sort(groups, axis=1), axis=0, return_inverse=True)
+        for j, row_set in enumerate(sets):
+            present = [int(g) for g in np.unique(row_set) if g >= 0]
+            if len(present) < 2:
+                continue
+            rows = np.flatnonzero(which.reshape(-1) == j)
+            sub, sub_groups = cids[rows], groups[rows]
+            changes = []
+            for g in present:
+                column = (sub_groups == g).argmax(axis=1)
+                atoms = sub[np.arange(rows.size), column]
+                changes.append(int(np.count_nonzero(atoms[1:] != atoms[:-1])))
+            order = tuple(g for _, g in sorted(zip(changes, present)))
+            found[order] = None
+    return list(found)
 
 
 def _leaves(lay):
