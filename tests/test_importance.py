@@ -70,6 +70,17 @@ def test_attention_loses_whole_heads_and_keeps_the_head_dim():
     assert small.attn.in_proj_weight.shape[0] == 3 * 2 * 6
 
 
+@pytest.mark.parametrize("width, groups_kept", [(8, 3), (4, 4), (6, 4)])
+def test_round_to_counts_the_channels_of_whole_groups_not_the_groups(width, groups_kept):
+    model = nn.Sequential(nn.Conv2d(3, 6 * width, 1), nn.Conv2d(6 * width, 6 * width, 3, padding=1, groups=6),
+                          nn.Conv2d(6 * width, 10, 1))
+    pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))
+    fxprune.prune_by_importance(pm, 0.5, round_to=8)
+    conv = assert_finalized_equals_masked(pm).get_submodule("1")
+    assert conv.groups == groups_kept and conv.out_channels == groups_kept * width
+    assert conv.out_channels % 8 == 0
+
+
 def test_with_the_groups_ignored_their_width_shrinks_instead():
     model = nn.Sequential(nn.Conv2d(3, 48, 1), nn.Conv2d(48, 48, 3, padding=1, groups=6), nn.Conv2d(48, 10, 1))
     pm = fxprune.prepare(model, torch.randn(1, 3, 8, 8))

@@ -128,10 +128,12 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     scores = channel_importance(pm, importance, seed)
     skip = _ignored_groups(index, set(ignore))
     members = index.group_channels()
+    steps = [round_to] * len(members)
     if scope == "local":
         shares = local_shares(index, ratio, skip)
         plan = {i: int(math.floor(share * len(m)) if floor else round(share * len(m)))
-                for i, (m, (share, floor)) in enumerate(zip(members, shares)) if i not in skip}
+                for i, (m, (share, floor, _)) in enumerate(zip(members, shares)) if i not in skip}
+        steps = [_step(round_to, widths) for _, _, widths in shares]
     else:
         plan = _global_counts(pm, index, scores, members, skip, ratio)
     removed = {}
@@ -139,7 +141,7 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
         for i, n_remove in plan.items():
             channels = members[i]
             n = channels.size
-            keep = _rounded(n - min(n_remove, n - 1), n, round_to)
+            keep = _rounded(n - min(n_remove, n - 1), n, steps[i])
             n_remove = n - keep
             if n_remove <= 0:
                 continue
@@ -151,7 +153,9 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
 
 
 def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
-    """Per group, the fraction of its channels local pruning removes, and whether to round it down.
+    """Per group, the fraction of its channels local pruning removes, whether to round it
+    down, and, for an outer factor, the widths of the dimensions it indexes (channels per
+    group or head; ``round_to`` counts channels, not groups: see :func:`_step`).
 
     A group that indexes its dimensions alone loses ``ratio`` (rounded down). Where groups
     index one dimension together as outer and inner factors (the groups and the channels
@@ -166,21 +170,32 @@ def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
     """
     n = len(index.groups)
     roles: list = [set() for _ in range(n)]
+    widths: list = [set() for _ in range(n)]
     k = [1] * n
     for order in factored_dims(index):
         shared = order[0] in skip
         for position, g in enumerate(order):
             k[g] = max(k[g], len(order))
             roles[g].add("shared" if shared else "inner" if position else "outer")
+        widths[order[0]].add(math.prod(index.groups[g].size for g in order[1:]))
     out = []
     for g in range(n):
         if roles[g] <= {"outer"}:
-            out.append((ratio, True))
+            out.append((ratio, True, widths[g]))
         elif roles[g] == {"inner"}:
-            out.append((0.0, True))
+            out.append((0.0, True, set()))
         else:
-            out.append((1.0 - (1.0 - ratio) ** (1.0 / k[g]), False))
+            out.append((1.0 - (1.0 - ratio) ** (1.0 / k[g]), False, set()))
     return out
+
+
+def _step(round_to: Optional[int], widths: set) -> Optional[int]:
+    """How many groups or heads to keep a multiple of, so that each dimension they index (``width``
+    channels per group) holds a multiple of ``round_to`` channels: 1 for groups 8 wide and
+    ``round_to=8``, 2 for groups 4 wide."""
+    if not round_to or not widths:
+        return round_to
+    return math.lcm(*(round_to // math.gcd(round_to, w) for w in widths))
 
 
 def factored_dims(index) -> list:
