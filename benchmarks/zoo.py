@@ -32,10 +32,10 @@ the detection backbones run at 224 too, not at their 520 and 800 pixel training 
 and EfficientNets, vit_h_14 and regnet_y_128gf at 224, not at the larger sizes of their
 best weights. Both libraries get the same model; googlenet and inception_v3 are built
 without their auxiliary heads, and for ViTs Torch-Pruning gets what its own torchvision
-example gives it (``round_to`` = heads, ``hidden_dim`` set after pruning). One difference
-remains: fxprune splits the channels of a grouped convolution or an attention layer into
-two groups (how many groups or heads, and how wide each is) and halves both, so 0.5
-keeps a quarter of them where Torch-Pruning keeps half (regnet, resnext, ViT attention).
+example gives it (``round_to`` = heads, ``hidden_dim`` set after pruning). Where a
+dimension is groups x channels per group (grouped convolutions: regnet, resnext) or
+heads x head-dims (attention), fxprune removes half the groups or heads and keeps each
+one's width (since 9c574c6); how Torch-Pruning shares the cut is its own.
 
 Every model runs in a subprocess of its own (``--one``) with a timeout, and Torch-Pruning
 within it with ``--tp-timeout`` (it does not finish on Swin). Each library first prunes a
