@@ -105,7 +105,7 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
             all prunable channels (global). Where two groups index one dimension together
             (groups of a grouped convolution, heads), local pruning removes whole groups
             and heads, keeping their width, so that the dimension shrinks by ``ratio``
-            (see :func:`local_shares`).
+            (see :func:`_local_counts`).
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"random"``.
         scope: ``"local"`` or ``"global"``.
         round_to: keep a multiple of this many channels in every group (where the group
@@ -130,10 +130,7 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     members = index.group_channels()
     steps = [round_to] * len(members)
     if scope == "local":
-        shares = local_shares(index, ratio, skip)
-        plan = {i: int(math.floor(share * len(m)) if floor else round(share * len(m)))
-                for i, (m, (share, floor, _)) in enumerate(zip(members, shares)) if i not in skip}
-        steps = [_step(round_to, widths) for _, _, widths in shares]
+        plan, steps = _local_counts(index, ratio, skip, round_to)
     else:
         plan = _global_counts(pm, index, scores, members, skip, ratio)
     removed = {}
@@ -152,10 +149,9 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     return removed
 
 
-def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
-    """Per group, the fraction of its channels local pruning removes, whether to round it
-    down, and, for an outer factor, the widths of the dimensions it indexes (channels per
-    group or head; ``round_to`` counts channels, not groups: see :func:`_step`).
+def _local_counts(index, ratio: float, skip: set, round_to: Optional[int]) -> tuple:
+    """How many channels local pruning removes from each group (not skipped), and per group
+    the multiple of channels to keep for ``round_to``.
 
     A group that indexes its dimensions alone loses ``ratio`` (rounded down). Where groups
     index one dimension together as outer and inner factors (the groups and the channels
@@ -163,7 +159,8 @@ def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
     ``ratio`` and the inner ones nothing: whole groups and heads go, each kept one keeps
     its width, the shape fast kernels are written for (a pruned RegNet or ResNeXt runs
     faster than with every group narrowed: README, the zoo), and the dimension still
-    shrinks by ``ratio``. A group that is outer in one dimension and inner in another (a channel
+    shrinks by ``ratio``; ``round_to`` then counts the channels of the kept groups (see
+    :func:`_step`). A group that is outer in one dimension and inner in another (a channel
     shuffle swaps them), or whose outer factor is ignored, shares instead: each of the
     ``k`` factors of its dimensions loses ``1 - (1 - ratio) ** (1 / k)`` (rounded), so the
     dimension again shrinks by ``ratio``.
@@ -178,15 +175,18 @@ def local_shares(index, ratio: float, skip: set = frozenset()) -> list:
             k[g] = max(k[g], len(order))
             roles[g].add("shared" if shared else "inner" if position else "outer")
         widths[order[0]].add(math.prod(index.groups[g].size for g in order[1:]))
-    out = []
-    for g in range(n):
+    plan, steps = {}, [round_to] * n
+    for g, group in enumerate(index.groups):
+        if g in skip:
+            continue
         if roles[g] <= {"outer"}:
-            out.append((ratio, True, widths[g]))
+            plan[g] = int(math.floor(ratio * group.size))
+            steps[g] = _step(round_to, widths[g])
         elif roles[g] == {"inner"}:
-            out.append((0.0, True, set()))
+            plan[g] = 0
         else:
-            out.append((1.0 - (1.0 - ratio) ** (1.0 / k[g]), False, set()))
-    return out
+            plan[g] = int(round((1.0 - (1.0 - ratio) ** (1.0 / k[g])) * group.size))
+    return plan, steps
 
 
 def _step(round_to: Optional[int], widths: set) -> Optional[int]:
