@@ -20,6 +20,7 @@ from . import copies, verify
 from .branches import find_branches
 from .config import PruneConfig
 from .decide import decide
+from .draft import copy_as_draft, release
 from .errors import FxPruneError
 from .flow import ChannelFlow
 from .groups import resolve
@@ -62,8 +63,7 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     gm.add_submodule("fxprune", MaskBank([g.size for g in index.groups], [b.name for b in branches], dtype, device))
     inserted = insert_masks(gm, list(flow.sites.values()), index)
     insert_gates(gm, branches)
-    gm.graph.lint()
-    gm.recompile()
+    gm = release(gm)
     sites = dict(zip(inserted, [s for s in flow.sites.values() if _has_channels(index, s)]))
     setattr(gm, ATTR, PruneState(index, sites, branches, example_inputs, config, flow.barriers,
                                  flow.shapes, flow.approximate))
@@ -121,6 +121,7 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
     _detach_fxprune(gm)
     _unshare(gm, prepared)
     restore_in_place(gm, state)
+    gm = release(gm)
     error = None
     if check and state.approximate:  # LayerNorms pruned on request: close, not equal
         error = verify.equivalence_error(prepared, gm, state.example_inputs, threshold)
@@ -142,9 +143,7 @@ def _copy_sharing_tensors(prepared: torch.fx.GraphModule, state: PruneState) -> 
     memo = {id(state): state}
     for t in list(prepared.parameters()) + list(prepared.buffers()):
         memo[id(t)] = t
-    for child in prepared.children():  # the GraphModule copies itself its own way, its modules faster
-        copies.deepcopy_modules(child, memo)
-    return copy.deepcopy(prepared, memo)
+    return copy_as_draft(prepared, memo)
 
 
 def _unshare(gm: torch.nn.Module, prepared: torch.nn.Module) -> None:
@@ -181,6 +180,4 @@ def _detach_fxprune(gm: torch.fx.GraphModule) -> None:
     gm.delete_submodule("fxprune")
     if hasattr(gm, ATTR):
         delattr(gm, ATTR)
-    gm.graph.lint()
-    gm.recompile()
     gm.delete_all_unused_submodules()

@@ -24,7 +24,10 @@ from . import ops
 
 
 def lower_modules(gm: torch.fx.GraphModule) -> None:
-    """Replace every supported ``nn.MultiheadAttention`` call by the ops it computes."""
+    """Replace every supported ``nn.MultiheadAttention`` call by the ops it computes.
+
+    Edits ``gm.graph``; the caller recompiles ``gm`` when its edits are done.
+    """
     lowered = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -35,9 +38,6 @@ def lower_modules(gm: torch.fx.GraphModule) -> None:
             lowered[node.target] = module
     for path, module in lowered.items():
         gm.add_submodule(path, _holder(module))
-    if lowered:
-        gm.graph.lint()
-        gm.recompile()
 
 
 _ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",

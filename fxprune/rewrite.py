@@ -114,9 +114,9 @@ def restore_in_place(gm: torch.fx.GraphModule, state) -> None:
     Tracing reads it as ``a = a + b`` (see :class:`fxprune.trace.InPlaceProxy`). It goes back to
     ``a += b`` only where ``a`` is the output of a convolution, linear layer or normalisation
     that nothing else reads, and has the result's shape: writing into it then changes no
-    other value, and none of those layers needs its output for backward.
+    other value, and none of those layers needs its output for backward. Edits
+    ``gm.graph``; the caller recompiles.
     """
-    changed = False
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in AUGMENTED or not node.meta.get(IN_PLACE) \
                 or node.kwargs or len(node.args) != 2:
@@ -127,10 +127,6 @@ def restore_in_place(gm: torch.fx.GraphModule, state) -> None:
             continue
         if is_tensor_shape(shape) and state.shapes.get(left.name) == shape:
             node.target = AUGMENTED[node.target][0]
-            changed = True
-    if changed:
-        gm.graph.lint()
-        gm.recompile()
 
 
 def _gate_node(by_name: dict, branch: str) -> str:

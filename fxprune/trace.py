@@ -27,6 +27,7 @@ from torchvision.models import swin_transformer
 
 from .config import PruneConfig
 from .copies import copy_module
+from .draft import Draft
 from .errors import FxPruneError, TraceError
 from .flow import is_tensor_shape
 
@@ -184,7 +185,7 @@ class PruneTracer(torch.fx.Tracer):
 
 
 def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> torch.fx.GraphModule:
-    """Deep-copy ``model`` and trace it into a GraphModule.
+    """Deep-copy ``model`` and trace it into a :class:`~fxprune.draft.Draft` (a GraphModule without code yet).
 
     Args:
         model: the user's model; not changed.
@@ -206,8 +207,8 @@ def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> 
         graph = tracer.trace(root, concrete_args=config.concrete_args)
     except Exception as e:
         raise _trace_error(model, tracer, e) from e
-    gm = torch.fx.GraphModule(tracer.root, graph, root.__class__.__name__)
-    _dynamic_training_flags(gm)
+    _dynamic_training_flags(graph)
+    gm = Draft(tracer.root, graph, root.__class__.__name__)
     for name, m in gm.named_modules():
         m.training = modes.get(name, model.training)
     return gm
@@ -230,7 +231,7 @@ def with_source_line(error: FxPruneError, model: nn.Module, config: PruneConfig)
     return type(error)(error.message, node=error.node, hint=error.hint)
 
 
-def _dynamic_training_flags(gm: torch.fx.GraphModule) -> None:
+def _dynamic_training_flags(graph: torch.fx.Graph) -> None:
     """Make ``training=`` arguments baked in by tracing follow ``gm.train()`` / ``gm.eval()``.
 
     Tracing reads ``self.training`` once (the model is traced in eval mode), so a functional
@@ -238,7 +239,7 @@ def _dynamic_training_flags(gm: torch.fx.GraphModule) -> None:
     replaced by a read of the GraphModule's own flag.
     """
     flag = None
-    for node in list(gm.graph.nodes):
+    for node in list(graph.nodes):
         position = _TRAINING_ARGUMENT.get(node.target) if node.op == "call_function" else None
         if position is None:
             continue
@@ -246,9 +247,9 @@ def _dynamic_training_flags(gm: torch.fx.GraphModule) -> None:
         if value is not False:
             continue
         if flag is None:
-            with gm.graph.inserting_before(next(iter(gm.graph.nodes))):
-                flag = gm.graph.create_node("get_attr", "training")
-            for placeholder in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+            with graph.inserting_before(next(iter(graph.nodes))):
+                flag = graph.create_node("get_attr", "training")
+            for placeholder in [n for n in graph.nodes if n.op == "placeholder"]:
                 flag.prepend(placeholder)
         if len(node.args) > position:
             args = list(node.args)
@@ -256,9 +257,6 @@ def _dynamic_training_flags(gm: torch.fx.GraphModule) -> None:
             node.args = tuple(args)
         else:
             node.kwargs = {**node.kwargs, "training": flag}
-    if flag is not None:
-        gm.graph.lint()
-        gm.recompile()
 
 
 def _trace_error(model: nn.Module, tracer: PruneTracer, error: Exception) -> TraceError:
