@@ -207,12 +207,20 @@ def factored_dims(index) -> list:
     """
     arrays = {id(d): d for lay in index.node_layouts.values() for d in _leaves(lay)}
     arrays.update({id(d): d for record in index.params for d in record.layout})
-    found = {}
+    found, seen = {}, set()
     for cids in arrays.values():
         if cids.shape[1] < 2 or cids.shape[0] < 2:
             continue
+        key = (cids.shape, cids.tobytes())  # many nodes carry equal layouts (q, k and v's heads)
+        if key in seen:
+            continue
+        seen.add(key)
         groups = np.where(cids >= 0, index.group_of[np.clip(cids, 0, None)], -1)
-        sets, which = np.unique(np.sort(groups, axis=1), axis=0, return_inverse=True)
+        ordered = np.sort(groups, axis=1)
+        if (ordered == ordered[0]).all():  # the usual case: every row indexed by the same groups
+            sets, which = ordered[:1], np.zeros(len(ordered), dtype=np.int64)
+        else:
+            sets, which = np.unique(ordered, axis=0, return_inverse=True)
         for j, row_set in enumerate(sets):
             present = [int(g) for g in np.unique(row_set) if g >= 0]
             if len(present) < 2:
