@@ -165,21 +165,22 @@ def _freeze_what_would_empty_a_layer(flow, table: np.ndarray) -> None:
     would remove the whole layer, which no finalized model can hold.
     """
     atoms = flow.atoms
+    seen = set()
     for record in flow.params.values():
         for d, dim in enumerate(record.layout):
-            if d not in record.roles or dim.shape[0] == 0 or dim.shape[1] == 0:
+            if d not in record.roles or dim.shape[0] == 0 or dim.shape[1] == 0 or id(dim) in seen:
                 continue
+            seen.add(id(dim))  # a layer's tensors share their layouts: a BatchNorm's four, one check
             flat = table[dim].reshape(dim.shape[0], -1)
             if flat.shape[1] == 1:  # the common case: one leaf per row, and the rows differ
                 if flat[0, 0] < 0 or not (flat[:, 0] == flat[0, 0]).all():
                     continue
-                everywhere = flat[:1, 0]
-            else:
-                distinct = _distinct_rows(flat)
-                leaves, counts = np.unique(distinct[distinct >= 0], return_counts=True)
-                everywhere = leaves[counts == dim.shape[0]]
+                everywhere = [int(flat[0, 0])]
+            else:  # a leaf in every row is one of the first row's
+                everywhere = [leaf for leaf in sorted(set(flat[0].tolist()))
+                              if leaf >= 0 and (flat == leaf).any(axis=1).all()]
             name = ".".join(p for p in record.refs[0] if p)
-            for leaf in everywhere.tolist():
+            for leaf in everywhere:
                 atoms.frozen.setdefault(leaf, f"switching it off would remove every index of {name}'s dimension {d}")
 
 
@@ -309,21 +310,53 @@ def _group_by_signature(n_channels: int, node_layouts: dict, params: list):
     mid = np.concatenate([p[1] for p in pairs])
     order = np.lexsort((mid, cid))
     cid, mid = cid[order], mid[order]
-    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]]).tolist()
-    ends = starts[1:] + [cid.size]
-    mids, cids = mid.tolist(), cid.tolist()  # plain lists: one slice per channel
-    by_signature: dict[tuple, list] = {}
-    for s, e in zip(starts, ends):
-        by_signature.setdefault(tuple(mids[s:e]), []).append(cids[s])
+    starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
+    channels = cid[starts]
+    label, first = _equal_segments(mid, starts)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)  # groups in order of their first channel
+    gid = rank[label]
     group_of = np.full(n_channels, NONE, dtype=np.int64)
     position = np.full(n_channels, NONE, dtype=np.int64)
+    group_of[channels] = gid
+    by_group = np.argsort(gid, kind="stable")  # channels ascending within each group
+    sizes = np.bincount(gid, minlength=first.size)
+    position[channels[by_group]] = np.arange(gid.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ends = np.r_[starts[1:], cid.size]
     groups = []
-    for signature, channels in sorted(by_signature.items(), key=lambda kv: kv[1][0]):
-        g = len(groups)
-        group_of[channels] = g
-        position[channels] = np.arange(len(channels))
-        groups.append(ChannelGroup(f"g{g}", len(channels), [t for m in signature for t in members[m]]))
+    for g, f in enumerate(np.sort(first).tolist()):
+        signature = mid[starts[f]:ends[f]].tolist()
+        groups.append(ChannelGroup(f"g{g}", int(sizes[g]), [t for m in signature for t in members[m]]))
     return groups, group_of, position
+
+
+def _equal_segments(values: np.ndarray, starts: np.ndarray):
+    """Label the segments ``values[starts[i]:starts[i + 1]]`` so that equal segments share a label.
+
+    Returns ``(label, first)``: per segment its label, per label its first segment. Segments are
+    hashed (a sum of random 64-bit words, one per value) and every segment is then compared with
+    its label's first, so the labels are exact; were two different segments ever to hash alike,
+    they are labelled by their contents instead.
+    """
+    lengths = np.diff(np.r_[starts, values.size])
+    keys = np.add.reduceat(_hash_words(int(values.max()) + 1)[values], starts)  # wraps around: a hash, not a sum
+    _, first, label = np.unique(keys, return_index=True, return_inverse=True)
+    rep = first[label]
+    if not np.array_equal(lengths, lengths[rep]):
+        rep = None
+    owner = np.repeat(np.arange(starts.size), lengths)
+    offset = np.arange(values.size) - starts[owner]
+    if rep is not None and np.array_equal(values, values[starts[rep[owner]] + offset]):
+        return label, first
+    by_content: dict = {}
+    label = np.array([by_content.setdefault(tuple(values[s:s + n].tolist()), len(by_content))
+                      for s, n in zip(starts.tolist(), lengths.tolist())], dtype=np.int64)
+    _, first = np.unique(label, return_index=True)
+    return label, first
+
+
+def _hash_words(n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(-2 ** 63, 2 ** 63 - 1, size=n, dtype=np.int64)
 
 
 def _add_member(members, pairs, seen, dim, member: TensorDim) -> None:
