@@ -77,6 +77,8 @@ def conv_flow(ctx: RuleContext, w, b, groups: int, transposed: bool, key):
 def _split_groups(ctx: RuleContext, w_out: np.ndarray, groups: int) -> np.ndarray:
     """Refine a grouped conv's filters into (group, filter-in-group); returns the group atoms."""
     per = w_out.shape[0] // groups
+    if per == 1:  # one filter per group (depthwise): the groups are the filters
+        return w_out
     group = ctx.new_space(groups, "groups")
     within = ctx.new_space(per, "per-group")
     rows_g = np.repeat(group, per, axis=0)
