@@ -176,7 +176,8 @@ def _detach_fxprune(gm: torch.fx.GraphModule) -> None:
         for hooks in (m._forward_pre_hooks, m._forward_hooks):
             for key in [k for k, h in hooks.items() if getattr(h, "__fxprune__", False)]:
                 del hooks[key]
-    gm.graph.eliminate_dead_code()
+    if any(not n.users and n.op not in ("placeholder", "output") for n in gm.graph.nodes):
+        gm.graph.eliminate_dead_code()  # lints and asks every node whether it is impure: only when there is dead code
     gm.delete_submodule("fxprune")
     if hasattr(gm, ATTR):
         delattr(gm, ATTR)

@@ -72,27 +72,25 @@ class ChannelMask(nn.Module):
         return f"dim={self.dim}, size={self.index.shape[0]}"
 
 
-def site_index(cids: np.ndarray, group_of: np.ndarray, position: np.ndarray):
+def site_index(cids: np.ndarray, group_of: np.ndarray, position: np.ndarray, sizes: np.ndarray):
     """The groups a site reads and its ``ChannelMask`` index over their concatenated masks.
 
     Args:
         cids: the site's dimension layout in channel ids (``[size, k]``, -1 padded).
         group_of: channel id -> group; position: channel id -> index in the group's mask.
+        sizes: group -> its number of channels.
 
     Returns:
         ``(group indices, index [size, k] as a LongTensor)``.
     """
-    present = cids[cids >= 0]
-    groups = sorted(set(group_of[present].tolist()))
-    offsets = {}
-    total = 0
-    for g in groups:
-        offsets[g] = total
-        total += int((group_of == g).sum())
-    flat = np.full(cids.shape, total, dtype=np.int64)
     ok = cids >= 0
-    flat[ok] = np.array([offsets[g] for g in group_of[cids[ok]].tolist()], dtype=np.int64) + position[cids[ok]]
-    return groups, torch.from_numpy(flat)
+    read = group_of[cids[ok]]
+    groups = np.unique(read)
+    offsets = np.zeros(sizes.size, dtype=np.int64)
+    offsets[groups] = np.cumsum(sizes[groups]) - sizes[groups]  # where each group's mask starts
+    flat = np.full(cids.shape, int(sizes[groups].sum()), dtype=np.int64)  # that index: the trailing 1
+    flat[ok] = offsets[read] + position[cids[ok]]
+    return groups.tolist(), torch.from_numpy(flat)
 
 
 def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
@@ -109,13 +107,14 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
     bank: MaskBank = gm.fxprune
     by_name = {n.name: n for n in gm.graph.nodes}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    sizes = np.array([g.size for g in index.groups], dtype=np.int64)
     current: dict = {}
     inserted = []
     for site in sites:
         cids = index.node_layouts[site.source][site.dim]
         if cids.shape[1] == 0 or not (cids >= 0).any():
             continue
-        groups, flat = site_index(cids, index.group_of, index.position)
+        groups, flat = site_index(cids, index.group_of, index.position, sizes)
         name = f"s{len(bank.sites)}"
         bank.sites[name] = ChannelMask(site.dim, flat.to(bank.masks["g0"].device))
         source = by_name[site.source]
@@ -127,8 +126,9 @@ def insert_masks(gm: torch.fx.GraphModule, sites: list, index) -> list:
         for reads, users in by_input.items():
             first = min(users, key=order.__getitem__)
             with gm.graph.inserting_before(first):  # just before the first reader: after any in-place update
-                getters = [gm.graph.get_attr(f"fxprune.masks.g{g}") for g in groups]
-                masked = gm.graph.call_module(f"fxprune.sites.{name}", (reads, *getters))
+                # create_node: get_attr() and call_module() would look each target up, which we just made
+                getters = [gm.graph.create_node("get_attr", f"fxprune.masks.g{g}") for g in groups]
+                masked = gm.graph.create_node("call_module", f"fxprune.sites.{name}", (reads, *getters))
             masked.meta[ROLE] = {"role": "mask", "site": name, "source": site.source, "dim": site.dim,
                                  "groups": groups}
             order[masked] = order[first] - 0.5
