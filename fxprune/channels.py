@@ -192,7 +192,8 @@ class AtomTable:
         if a.shape[1] == 1 and b.shape[1] == 1 and (a >= 0).all() and (b >= 0).all():
             find, parent, refined, frozen = self.find, self.parent, self.refined, self.frozen
             for x, y in zip(a[:, 0].tolist(), b[:, 0].tolist()):
-                rx, ry = find(x), find(y)
+                rx = x if parent[x] == x else find(x)  # most atoms met here are roots: no call
+                ry = y if parent[y] == y else find(y)
                 if rx == ry:
                     continue
                 if rx in refined or ry in refined or rx in frozen or ry in frozen:
