@@ -105,7 +105,7 @@ def resolve(flow) -> ChannelIndex:
     _freeze_what_would_empty_a_layer(flow, table)
     leaf_table = _without_leaves(table, [r for r in atoms.frozen if r not in already])
     atom_live = np.r_[leaf_table[:-1, 0] >= 0, False]
-    live = np.unique(leaf_table[leaf_table >= 0])
+    live = np.flatnonzero(_present(leaf_table, len(atoms.parent) + 1))
     cid_of_leaf = np.full(len(atoms.parent) + 1, NONE, dtype=np.int64)
     cid_of_leaf[live] = np.arange(live.size)
     cache: dict[int, np.ndarray] = {}
@@ -134,6 +134,13 @@ def resolve(flow) -> ChannelIndex:
     return ChannelIndex(groups, group_of, position, node_layouts, params, frozen)
 
 
+def _present(ids: np.ndarray, size: int) -> np.ndarray:
+    """Which of ``0 .. size - 1`` occur in ``ids`` (-1 entries ignored): ``np.unique`` as a mask, without sorting."""
+    mask = np.zeros(size, dtype=bool)
+    mask[ids[ids >= 0]] = True
+    return mask
+
+
 def _map_dims(fn, lay):
     """``fn`` applied to every dimension layout of a node's layout (a tuple of them, or a pytree)."""
     if lay is None:
@@ -151,8 +158,7 @@ def _freeze_unconsumed(flow, table: np.ndarray) -> None:
         dim = flow.layouts[site.source][site.dim]
         leaves = table[dim[dim >= 0]]
         consumed[leaves[leaves >= 0]] = True
-    live = np.unique(table[table >= 0])
-    for leaf in live[~consumed[live]].tolist():
+    for leaf in np.flatnonzero(_present(table, consumed.size) & ~consumed).tolist():
         atoms.frozen.setdefault(leaf, "no op mixes these channels")
 
 
@@ -298,18 +304,22 @@ def _group_by_signature(n_channels: int, node_layouts: dict, params: list):
     seen: dict[int, int] = {}
     for name, lay in node_layouts.items():
         for path, d, dim in _dims(lay):
-            _add_member(members, pairs, seen, dim, TensorDim("node", f"{name}{path}", d))
+            if dim.shape[1]:  # a dimension without channels (batch, spatial) belongs to no group
+                _add_member(members, pairs, seen, dim, TensorDim("node", f"{name}{path}", d))
     for record in params:
         owner, attr = record.refs[0]
         name = f"{owner}.{attr}" if owner else attr
         for d, dim in enumerate(record.layout):
-            _add_member(members, pairs, seen, dim, TensorDim("param", name, d, record.roles.get(d)))
+            if dim.shape[1]:
+                _add_member(members, pairs, seen, dim, TensorDim("param", name, d, record.roles.get(d)))
     if not pairs:
         return [], np.zeros(0, np.int64), np.zeros(0, np.int64)
     cid = np.concatenate([p[0] for p in pairs])
     mid = np.concatenate([p[1] for p in pairs])
     order = np.lexsort((mid, cid))
     cid, mid = cid[order], mid[order]
+    once = np.r_[True, (cid[1:] != cid[:-1]) | (mid[1:] != mid[:-1])]  # a channel twice in one dimension
+    cid, mid = cid[once], mid[once]
     starts = np.flatnonzero(np.r_[True, cid[1:] != cid[:-1]])
     channels = cid[starts]
     label, first = _equal_segments(mid, starts)
@@ -361,15 +371,13 @@ def _hash_words(n: int) -> np.ndarray:
 
 def _add_member(members, pairs, seen, dim, member: TensorDim) -> None:
     """Record that ``member`` holds the channels of ``dim``; arrays shared by several are paired once."""
-    if dim.shape[1] == 0:
-        return
     key = id(dim)
     if key in seen:
         members[seen[key]].append(member)
         return
     mid = seen[key] = len(members)
     members.append([member])
-    present = np.unique(dim[dim >= 0])
+    present = dim[dim >= 0]  # repeats are dropped once all pairs are sorted
     pairs.append((present, np.full(present.size, mid, dtype=np.int64)))
 
 
