@@ -99,7 +99,7 @@ class ChannelFlow(torch.fx.Interpreter):
                 out = getattr(self, n.op)(n.target, args, kwargs)
             else:
                 self.fake.add(n.name)
-        self.shapes[n.name] = pytree.tree_map(_shape_of, out)
+        self.shapes[n.name] = tuple(out.shape) if isinstance(out, torch.Tensor) else pytree.tree_map(_shape_of, out)
         self.layouts[n.name] = self.layout_for(n, args, kwargs, out)
         return out
 

@@ -45,17 +45,17 @@ def channel_importance(pm, importance: str = "l1", seed: int = 0) -> np.ndarray:
     n = state_of(pm).index.group_of.size
     if importance == "random":
         return np.random.default_rng(seed).random(n)
-    slices = tied_slices(pm)
     if importance == "bn_scale":
+        slices = tied_slices(pm, roles=("out", "channel"))
         scales = [s for s in slices if s.role == "channel" and _is_norm_scale(pm, s)]
         fallback = _accumulate(n, [s for s in slices if s.role == "out"], power=1)
         return np.where(_covered(n, scales), _accumulate(n, scales, power=1), fallback * 1e-3)
     power = 1 if importance == "l1" else 2
-    filters = [s for s in slices if s.role == "out"]
+    filters = tied_slices(pm, roles=("out",))
     scores = _accumulate(n, filters, power=power)
     covered = _covered(n, filters)
-    if not covered.all():
-        scores = np.where(covered, scores, _accumulate(n, slices, power=power))
+    if not covered.all():  # channels no filter produces: every weight they touch
+        scores = np.where(covered, scores, _accumulate(n, tied_slices(pm), power=power))
     return np.sqrt(scores) if power == 2 else scores
 
 
