@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Optional
 

@@ -45,37 +45,27 @@ def release(draft: Draft) -> torch.fx.GraphModule:
 def copy_as_draft(gm: torch.fx.GraphModule, memo: dict) -> Draft:
     """``copy.deepcopy(gm, memo)``, as a :class:`Draft`: what ``memo`` already maps (tensors to share) is shared,
     modules are copied by :func:`deepcopy_modules`."""
-    root = nn.Module()
-    root.training = gm.training
-    for name, child in gm.named_children():
-        root.add_module(name, deepcopy_modules(child, memo))
-    for name, p in gm.named_parameters(recurse=False):
-        root.register_parameter(name, copy.deepcopy(p, memo))
-    for name, b in gm.named_buffers(recurse=False):
-        root.register_buffer(name, copy.deepcopy(b, memo))
-    for head in _attribute_heads(gm.graph):  # anything else the graph reads off the module itself
-        if not hasattr(root, head):
-            setattr(root, head, copy.deepcopy(getattr(gm, head), memo))
-    return _assemble(Draft, root, copy.deepcopy(gm.graph), copy.deepcopy(gm.meta, memo), type(gm).__name__)
+    return _assemble(Draft, gm, copy.deepcopy(gm.graph), copy.deepcopy(gm.meta, memo), type(gm).__name__,
+                     lambda value: deepcopy_modules(value, memo))
 
 
-def _assemble(cls, root: nn.Module, graph: torch.fx.Graph, meta: dict, name: str):
-    """A ``cls`` GraphModule holding ``root``'s own children, tensors and attributes the graph reads (the same
-    objects, in the same order: building one from ``root`` the usual way would replace every container on a
-    node's path with a plain ``nn.Module``) and running ``graph``."""
+def _assemble(cls, root: nn.Module, graph: torch.fx.Graph, meta: dict, name: str, take=lambda value: value):
+    """A ``cls`` GraphModule holding ``take`` of ``root``'s own children, tensors and the attributes the graph
+    reads (by default the same objects; in the same order: building one from ``root`` the usual way would
+    replace every container on a node's path with a plain ``nn.Module``) and running ``graph``."""
     empty = torch.fx.Graph(tracer_cls=getattr(graph, "_tracer_cls", None),
                            tracer_extras=getattr(graph, "_tracer_extras", None))
     gm = cls(nn.Module(), empty, name)
     gm.training = root.training
-    for name, child in root.named_children():
-        gm.add_module(name, child)
-    for name, p in root.named_parameters(recurse=False):
-        gm.register_parameter(name, p)
-    for name, b in root.named_buffers(recurse=False):
-        gm.register_buffer(name, b)
-    for head in _attribute_heads(graph):
+    for key, child in root.named_children():
+        gm.add_module(key, take(child))
+    for key, p in root.named_parameters(recurse=False):
+        gm.register_parameter(key, take(p))
+    for key, b in root.named_buffers(recurse=False):
+        gm.register_buffer(key, take(b))
+    for head in _attribute_heads(graph):  # anything else the graph reads off the module itself
         if not hasattr(gm, head):
-            setattr(gm, head, getattr(root, head))
+            setattr(gm, head, take(getattr(root, head)))
     gm.meta.update(meta)
     gm.graph = graph  # compiles, unless cls is a Draft
     return gm
