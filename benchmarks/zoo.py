@@ -24,7 +24,8 @@ model's outputs left alone) by both libraries, and then timed on the CPU:
   the convolution or linear layer before it (labels ending ``+fold``), and
   ``--channels-last`` runs weights and input in channels_last memory format (labels
   ending ``+nhwc``), which oneDNN's CPU convolutions run without reordering; with both
-  flags, also folded and in channels_last (``+fold+nhwc``).
+  flags, also folded and in channels_last (``+fold+nhwc``); ``--onnxruntime`` exports
+  every model to ONNX and times it in ONNX Runtime (``+ort``). See ``deploy.py``.
 
 Weights are random but informative (:func:`fxprune.testing.randomize`). Inputs are 224
 pixels square (inception_v3 299, ssd300 300, ssdlite320 320); segmentation models and
@@ -75,7 +76,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
-from torch.fx.experimental.optimization import fuse
 from torch.utils import _pytree as pytree
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,8 @@ if str(_ROOT) not in sys.path:  # run as a script from anywhere
 
 import fxprune  # noqa: E402
 from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
-from zoo_plot import VARIANTS, status, variant, write_report  # noqa: E402
+from deploy import deployed, onnxruntime_missing, runtimes  # noqa: E402
+from zoo_plot import status, variant, write_report  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
 MODEL_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}  # as Torch-Pruning's example
@@ -388,8 +389,10 @@ def measure_latency(models: dict, record: dict, args) -> None:
         nhwc = x.contiguous(memory_format=torch.channels_last)  # the input of every "+nhwc" variant
         inputs = {label: nhwc if variant(label).endswith("+nhwc") else x for label in models}
         errors: dict = {}
-        seconds = latencies({label: m.eval() for label, m in models.items()}, inputs, args.warmup, args.repeats,
-                            errors)
+        seconds = {}
+        for group in runtimes(models):
+            seconds.update(latencies({label: m.eval() for label, m in group.items()}, inputs, args.warmup,
+                                     args.repeats, errors))
         ms = record["latency_ms"][key] = {label: 1e3 * s for label, s in seconds.items()}
         for label, error in errors.items():
             record.setdefault("latency_errors", {})[f"{label} b{batch}"] = error
@@ -402,37 +405,6 @@ def measure_latency(models: dict, record: dict, args) -> None:
             speedup = ms[base] / ms[label]
             record["speedup"].setdefault(key, {})[label] = speedup
             record["efficiency"].setdefault(key, {})[label] = speedup * macs_after / record["macs_before"]
-
-
-# one step of a deployment variant (zoo_plot.VARIANTS): label suffix -> (the flag that asks for it, the step)
-DEPLOY_STEPS = {"+fold": ("fold_bn", lambda m: fuse(m.eval())),
-                "+nhwc": ("channels_last", lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last))}
-
-
-def deployed(models: dict, record: dict, args) -> dict:
-    """The models again as they would be deployed for CPU inference, one variant per flag given.
-
-    ``+fold`` (``--fold-bn``): each BatchNorm folded into the convolution or linear layer
-    before it (``torch.fx.experimental.optimization.fuse``). ``+nhwc`` (``--channels-last``):
-    4-d weights, and at timing the input, in channels_last memory format. With both flags,
-    ``+fold+nhwc`` as well: folded, then channels_last. The dense model gets each variant
-    too, so a variant's speed-up compares like with like.
-    """
-    out = {}
-    for suffix in sorted(VARIANTS, key=len):  # "+fold" and "+nhwc" before "+fold+nhwc"
-        steps = ["+" + step for step in suffix.split("+")[1:]]
-        if not all(getattr(args, DEPLOY_STEPS[step][0]) for step in steps):
-            continue
-        for label, model in models.items():
-            if label.startswith("fxprune_round"):
-                continue
-            try:
-                for step in steps:
-                    model = DEPLOY_STEPS[step][1](model)
-                out[label + suffix] = model
-            except Exception as e:  # recorded (fuse needs a traceable model); the plain one is still timed
-                record.setdefault("latency_errors", {})[label + suffix] = f"{type(e).__name__}: {e}"[:300]
-    return out
 
 
 def _macs_after(record, label) -> int:
@@ -541,7 +513,7 @@ def run_isolated(name: str, path: Path, args) -> dict:
 def _child_flags(args) -> list:
     flags = []
     for key in ("threads", "batches", "repeats", "warmup", "max_gmacs", "round_to", "size", "timeout", "tp_timeout",
-                "max_rss_gb", "no_tp", "fold_bn", "channels_last"):
+                "max_rss_gb", "no_tp", "fold_bn", "channels_last", "onnxruntime"):
         value, flag = getattr(args, key), "--" + key.replace("_", "-")
         if isinstance(value, list):
             flags += [flag, *map(str, value)]
@@ -575,10 +547,16 @@ def parse(argv=None):
     parser.add_argument("--channels-last", action="store_true",
                         help="also time every model (the dense one too) with weights and input in channels_last "
                              "memory format")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="also time every model (the dense one too) exported to ONNX and run by ONNX Runtime "
+                             "(needs --warmup >= 1: the export happens in the warm-up)")
     parser.add_argument("--resume", action="store_true", help="keep models/<name>.json that are complete")
     parser.add_argument("--one", metavar="NAME", help="measure one model in this process (what each subprocess runs)")
     parser.add_argument("--json", help="with --one: where to write its record")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.onnxruntime and (onnxruntime_missing() or args.warmup < 1):
+        parser.error(onnxruntime_missing() or "--onnxruntime needs --warmup of at least 1 (the export happens there)")
+    return args
 
 
 def _cpu_name() -> str:

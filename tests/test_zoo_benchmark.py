@@ -103,3 +103,44 @@ def test_models_are_timed_in_turns_and_one_that_fails_is_left_out(zoo):
     assert calls == ["before", "fxprune", "tp"] + ["before", "fxprune"] * 2
     assert sorted(seconds) == ["before", "fxprune"] and all(s >= 0 for s in seconds.values())
     assert errors == {"tp": "RuntimeError: no kernel"}
+
+
+HAVE_ORT = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="needs the export extra (onnx, onnxscript, onnxruntime)")
+def test_onnxruntime_variant_exports_on_first_call_runs_the_model_and_is_timed_apart(zoo):
+    import fxprune
+
+    deploy = sys.modules["deploy"]  # imported by zoo.py
+    args = zoo.parse(["--onnxruntime", "--batches", "2", "--repeats", "1", "--warmup", "1", "--no-tp"])
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    pm = fxprune.prepare(dense, x)
+    fxprune.prune_by_importance(pm, 0.5, importance="l1", scope="local")
+    small = fxprune.finalize(pm)
+    record = {"input": [1, 3, 8, 8], "macs_before": fxprune.count(dense, x).macs, "latency_ms": {},
+              "latency_skipped": {}, "speedup": {}, "efficiency": {},
+              "fxprune": {"macs_after": fxprune.count(small, x).macs}}
+    models = {"before": dense, "fxprune": small}
+    models.update(deploy.deployed(models, record, args))
+    assert set(models) == {"before", "fxprune", "before+ort", "fxprune+ort"}
+    assert models["fxprune+ort"].session is None  # a model never timed is never exported
+    assert [sorted(group) for group in deploy.runtimes(models)] == [["before", "fxprune"],
+                                                                    ["before+ort", "fxprune+ort"]]
+    batch = torch.randn(2, 3, 8, 8)  # exported from one sample, run on two: the batch is dynamic
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(models["fxprune+ort"](batch)[0]), small(batch),
+                                   rtol=1e-4, atol=1e-5)
+    zoo.measure_latency(models, record, args)
+    assert set(record["latency_ms"]["2"]) == set(models) and "latency_errors" not in record
+    assert set(record["efficiency"]["2"]) == {"fxprune", "fxprune+ort"}  # each against its own dense model
+    assert record["speedup"]["2"]["fxprune+ort"] == pytest.approx(
+        record["latency_ms"]["2"]["before+ort"] / record["latency_ms"]["2"]["fxprune+ort"])
+
+
+def test_onnxruntime_variant_needs_a_warm_up_for_its_export(zoo):
+    with pytest.raises(SystemExit):
+        zoo.parse(["--onnxruntime", "--warmup", "0"])
