@@ -77,7 +77,7 @@ DEPLOY_STEPS = {"+fold": ("fold_bn", lambda m: fuse(m.eval())),
 def deployed(models: dict, record: dict, args) -> dict:
     """The models again in every variant of ``zoo_plot.VARIANTS`` whose flags ``args`` sets.
 
-    Labels are the model's with the variant's suffix; ``fxprune_round*`` models are left out. A
+    Labels are the model's with the variant's suffix (``fxprune_round8+nhwc``, ``before+ort``). A
     step that fails is recorded in ``record["latency_errors"]`` and the plain model is still timed.
     """
     out = {}
@@ -86,8 +86,6 @@ def deployed(models: dict, record: dict, args) -> dict:
         if not all(getattr(args, DEPLOY_STEPS[step][0]) for step in steps):
             continue
         for label, model in models.items():
-            if label.startswith("fxprune_round"):
-                continue
             try:
                 for step in steps:
                     model = DEPLOY_STEPS[step][1](model)

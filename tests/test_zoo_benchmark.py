@@ -40,7 +40,8 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     assert 0 < fx["trace_s"] < fx["prepare_s"]  # torch.fx's own trace: part of prepare's work
     unfolded = {"before", "fxprune"} | ({"tp"} if HAVE_TP else set())
     variants = ("+fold", "+nhwc", "+fold+nhwc")
-    labels = unfolded | {"fxprune_round8"} | {label + suffix for label in unfolded for suffix in variants}
+    pruned = unfolded | {"fxprune_round8"}
+    labels = pruned | {label + suffix for label in pruned for suffix in variants}
     for batch in ("1", "2"):
         ms = record["latency_ms"][batch]
         assert set(ms) == labels and all(t > 0 for t in ms.values())
@@ -63,6 +64,7 @@ def test_one_model_in_a_subprocess_records_every_figure(zoo, zoo_plot, tmp_path)
     efficiency = zoo_plot.summary([record], 2)["median_efficiency_b2"]
     assert efficiency["fxprune"] > 0 and efficiency["fxprune+fold"] > 0 and efficiency["fxprune+nhwc"] > 0
     assert "fxprune in channels_last" in text and "fxprune with BatchNorm folded, in channels_last" in text
+    assert "fxprune_round8 in channels_last" in text  # round_to's effect in each layout
     if importlib.util.find_spec("matplotlib"):
         assert [p[2] for p in zoo_plot.points([record], "2", "fxprune")] == ["resnet18"]
         assert (tmp_path / "zoo.png").stat().st_size > 0
