@@ -554,8 +554,11 @@ def parse(argv=None):
     parser.add_argument("--one", metavar="NAME", help="measure one model in this process (what each subprocess runs)")
     parser.add_argument("--json", help="with --one: where to write its record")
     args = parser.parse_args(argv)
-    if args.onnxruntime and (onnxruntime_missing() or args.warmup < 1):
-        parser.error(onnxruntime_missing() or "--onnxruntime needs --warmup of at least 1 (the export happens there)")
+    if args.onnxruntime:
+        why = onnxruntime_missing() or ("" if args.warmup >= 1 else
+                                        "--onnxruntime needs --warmup of at least 1 (the export happens there)")
+        if why:
+            parser.error(why)
     return args
 
 

@@ -114,9 +114,9 @@ def summary(rows: list, large: int) -> dict:
         return _median([r[table_key].get(batch, {}).get(label) for r in done])
 
     round_label = next((k for r in done for k in r["speedup"].get(key, {}) if k.startswith("fxprune_round")), None)
-    labels = ["fxprune", "tp"] + ([round_label] if round_label else [])
-    labels += [k + suffix for suffix in VARIANTS for k in [*LIBRARIES, *labels[2:]]
-               if any(k + suffix in r["speedup"].get(key, {}) for r in done)]
+    pruned = [*LIBRARIES] + ([round_label] if round_label else [])
+    labels = pruned + [k + suffix for suffix in VARIANTS for k in pruned
+                       if any(k + suffix in r["speedup"].get(key, {}) for r in done)]
     tp_tried = [r for r in done if "tp" in r and not r["tp"].get("error", "").startswith("not run")]
     return {
         "models": len(rows), "measured": len(done),
