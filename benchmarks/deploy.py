@@ -68,6 +68,31 @@ def onnxruntime_missing() -> str:
     return f"--onnxruntime needs {', '.join(missing)}: pip install -e '.[export]'" if missing else ""
 
 
+def add_timing_arguments(parser) -> None:
+    """The flags of how models are timed and in which variants, the same in every benchmark that times them."""
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for everything")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes (the median is kept)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="also time every model (the dense one too) with BatchNorm folded into the layer "
+                             "before it, as deployed for inference")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time every model (the dense one too) with weights and input in channels_last "
+                             "memory format")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="also time every model (the dense one too) exported to ONNX and run by ONNX Runtime "
+                             "(needs --warmup >= 1: the export happens in the warm-up)")
+
+
+def check_timing_arguments(parser, args) -> None:
+    """Refuse, through ``parser``, timing flags that cannot run here."""
+    if args.onnxruntime:
+        why = onnxruntime_missing() or ("" if args.warmup >= 1 else
+                                        "--onnxruntime needs --warmup of at least 1 (the export happens there)")
+        if why:
+            parser.error(why)
+
+
 # one step of a deployment variant (zoo_plot.VARIANTS): label suffix -> (the flag that asks for it, the step)
 DEPLOY_STEPS = {"+fold": ("fold_bn", lambda m: fuse(m.eval())),
                 "+nhwc": ("channels_last", lambda m: copy.deepcopy(m).to(memory_format=torch.channels_last)),

@@ -84,7 +84,7 @@ if str(_ROOT) not in sys.path:  # run as a script from anywhere
 
 import fxprune  # noqa: E402
 from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
-from deploy import deployed, onnxruntime_missing, runtimes  # noqa: E402
+from deploy import add_timing_arguments, check_timing_arguments, deployed, runtimes  # noqa: E402
 from zoo_plot import status, variant, write_report  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
@@ -376,6 +376,22 @@ def latencies(models: dict, inputs: dict, warmup: int, repeats: int, errors: dic
     return {label: statistics.median(t) for label, t in times.items() if t}
 
 
+def time_batch(models: dict, batch: int, size: int, args, errors: dict) -> dict:
+    """Median seconds of one pass of each model on a random ``batch`` of ``size``-pixel images.
+
+    The models PyTorch runs are timed in turns with each other and the ONNX Runtime ones apart
+    (:func:`deploy.runtimes`); a ``+nhwc`` variant gets the batch in channels_last.
+    """
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    inputs = {label: nhwc if variant(label).endswith("+nhwc") else x for label in models}
+    seconds = {}
+    for group in runtimes(models):
+        seconds.update(latencies({label: m.eval() for label, m in group.items()}, inputs, args.warmup,
+                                 args.repeats, errors))
+    return seconds
+
+
 def measure_latency(models: dict, record: dict, args) -> None:
     """Latency of every model at every batch size, speed-up and efficiency against "before"."""
     size = record["input"][-1]
@@ -385,14 +401,8 @@ def measure_latency(models: dict, record: dict, args) -> None:
         if batch * gmacs > args.max_gmacs:
             record["latency_skipped"][key] = f"batch {batch} x {gmacs:.1f} GMACs > --max-gmacs {args.max_gmacs:g}"
             continue
-        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
-        nhwc = x.contiguous(memory_format=torch.channels_last)  # the input of every "+nhwc" variant
-        inputs = {label: nhwc if variant(label).endswith("+nhwc") else x for label in models}
         errors: dict = {}
-        seconds = {}
-        for group in runtimes(models):
-            seconds.update(latencies({label: m.eval() for label, m in group.items()}, inputs, args.warmup,
-                                     args.repeats, errors))
+        seconds = time_batch(models, batch, size, args, errors)
         ms = record["latency_ms"][key] = {label: 1e3 * s for label, s in seconds.items()}
         for label, error in errors.items():
             record.setdefault("latency_errors", {})[f"{label} b{batch}"] = error
@@ -528,10 +538,7 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help="model names (default: the whole zoo); backbones as NAME.backbone")
     parser.add_argument("--out", default="out/zoo", help="folder for the results")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for everything")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes (the median is kept)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
     parser.add_argument("--max-gmacs", type=float, default=1000.0,
                         help="skip timing a batch when batch x GMACs per image exceeds this")
     parser.add_argument("--round-to", type=int, default=8, help="also prune with fxprune's round_to (0: not)")
@@ -541,28 +548,16 @@ def parse(argv=None):
     parser.add_argument("--max-rss-gb", type=float, default=18.0,
                         help="a stage that needs more resident memory fails (the process exits above 1.25 x)")
     parser.add_argument("--no-tp", action="store_true", help="leave Torch-Pruning out")
-    parser.add_argument("--fold-bn", action="store_true",
-                        help="also time every model (the dense one too) with BatchNorm folded into the layer "
-                             "before it, as deployed for inference")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also time every model (the dense one too) with weights and input in channels_last "
-                             "memory format")
-    parser.add_argument("--onnxruntime", action="store_true",
-                        help="also time every model (the dense one too) exported to ONNX and run by ONNX Runtime "
-                             "(needs --warmup >= 1: the export happens in the warm-up)")
     parser.add_argument("--resume", action="store_true", help="keep models/<name>.json that are complete")
     parser.add_argument("--one", metavar="NAME", help="measure one model in this process (what each subprocess runs)")
     parser.add_argument("--json", help="with --one: where to write its record")
+    add_timing_arguments(parser)
     args = parser.parse_args(argv)
-    if args.onnxruntime:
-        why = onnxruntime_missing() or ("" if args.warmup >= 1 else
-                                        "--onnxruntime needs --warmup of at least 1 (the export happens there)")
-        if why:
-            parser.error(why)
+    check_timing_arguments(parser, args)
     return args
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -590,7 +585,7 @@ def main(argv=None) -> int:
                              for b, by in r.get("speedup", {}).items())
         print(f"{name}: {r.get('failure', 'ok')} | fxprune {status(r.get('fxprune', {}), 'equivalence_error')}"
               f" | TP {status(r.get('tp', {}), 'masked_error')} | speed-up {speedups or '-'}", flush=True)
-    meta = {"machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
+    meta = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
             "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
             "batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "max_gmacs": args.max_gmacs,
             "ratio": RATIO, "round_to": args.round_to, "date": time.strftime("%Y-%m-%d %H:%M"),
