@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -44,7 +41,7 @@ if str(_ROOT) not in sys.path:  # run as a script from anywhere
 import fxprune  # noqa: E402
 from fxprune.testing import randomize  # noqa: E402
 from deploy import add_timing_arguments, check_timing_arguments, deployed  # noqa: E402
-from zoo import RATIO, cpu_name, time_batch  # noqa: E402
+from zoo import RATIO, against_dense, run_meta, time_batch  # noqa: E402
 from zoo_plot import VARIANTS, variant  # noqa: E402
 
 tv = torchvision.models
@@ -99,18 +96,13 @@ def measure_pair(name: str, args) -> dict:
     if args.round_to:
         models[f"fxprune_round{args.round_to}"] = pruned(wide, x, args.round_to)
     macs = {label: fxprune.count(m, x).macs for label, m in models.items()}
-    record = {"model": name, "narrow_is": narrow_is, "batch": args.batch, "macs": macs, "latency_ms": {},
-              "speedup": {}, "efficiency": {}}
+    record = {"model": name, "narrow_is": narrow_is, "batch": args.batch, "macs": macs}
     models.update(deployed(models, record, args))
     errors = record.setdefault("latency_errors", {})
     seconds = time_batch(models, args.batch, args.size, args, errors)
     record["latency_ms"] = {label: 1e3 * t for label, t in seconds.items()}
-    for label, t in seconds.items():
-        base = "before" + variant(label)
-        if label != base and base in seconds:
-            speedup = seconds[base] / t
-            record["speedup"][label] = speedup
-            record["efficiency"][label] = speedup * macs[label.removesuffix(variant(label))] / macs["before"]
+    record["speedup"], record["efficiency"] = against_dense(
+        seconds, lambda label: macs[label.removesuffix(variant(label))], macs["before"])
     return record
 
 
@@ -171,10 +163,7 @@ def main(argv=None) -> int:
     for name in args.models or PAIRS:
         records.append(measure_pair(name, args))
         print(name, json.dumps({k: round(v, 2) for k, v in records[-1]["efficiency"].items()}), flush=True)
-    meta = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
-            "batch": args.batch, "size": args.size, "repeats": args.repeats, "warmup": args.warmup,
-            "ratio": RATIO, "round_to": args.round_to, "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg()}
+    meta = run_meta(args, batch=args.batch, size=args.size)
     m = medians(records, args.round_to)
     (out / "narrow.json").write_text(json.dumps({"meta": meta, "medians": m, "records": records}, indent=1))
     text = f"{table(records, args.round_to)}\n\n{medians_text(m, args.round_to)}"

@@ -407,14 +407,22 @@ def measure_latency(models: dict, record: dict, args) -> None:
         for label, error in errors.items():
             record.setdefault("latency_errors", {})[f"{label} b{batch}"] = error
         _save(record, args.json)
-        for label in ms:
-            base = "before" + variant(label)
-            if label == base or base not in ms:
-                continue
-            macs_after = _macs_after(record, label)
-            speedup = ms[base] / ms[label]
-            record["speedup"].setdefault(key, {})[label] = speedup
-            record["efficiency"].setdefault(key, {})[label] = speedup * macs_after / record["macs_before"]
+        speedup, efficiency = against_dense(ms, lambda label: _macs_after(record, label), record["macs_before"])
+        if speedup:
+            record["speedup"][key], record["efficiency"][key] = speedup, efficiency
+
+
+def against_dense(times: dict, macs_after, macs_before: int) -> tuple:
+    """Speed-up and latency efficiency (speed-up x MACs after / MACs before) of every timed model
+    against the dense one ("before") in the same variant; ``macs_after(label)`` gives the MACs of
+    the model a label times."""
+    speedup, efficiency = {}, {}
+    for label, t in times.items():
+        base = "before" + variant(label)
+        if label != base and base in times:
+            speedup[label] = times[base] / t
+            efficiency[label] = speedup[label] * macs_after(label) / macs_before
+    return speedup, efficiency
 
 
 def _macs_after(record, label) -> int:
@@ -557,7 +565,15 @@ def parse(argv=None):
     return args
 
 
-def cpu_name() -> str:
+def run_meta(args, **extra) -> dict:
+    """Where and how a benchmark run timed its models, for its JSON; ``extra`` adds its own settings."""
+    return {"machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
+            "repeats": args.repeats, "warmup": args.warmup, **extra, "ratio": RATIO, "round_to": args.round_to,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg()}
+
+
+def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -585,11 +601,7 @@ def main(argv=None) -> int:
                              for b, by in r.get("speedup", {}).items())
         print(f"{name}: {r.get('failure', 'ok')} | fxprune {status(r.get('fxprune', {}), 'equivalence_error')}"
               f" | TP {status(r.get('tp', {}), 'masked_error')} | speed-up {speedups or '-'}", flush=True)
-    meta = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
-            "batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "max_gmacs": args.max_gmacs,
-            "ratio": RATIO, "round_to": args.round_to, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average": os.getloadavg()}
+    meta = run_meta(args, batches=args.batches, max_gmacs=args.max_gmacs)
     if _tp_installed():
         import torch_pruning
         meta["torch_pruning"] = torch_pruning.__version__
