@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fxprune demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check fxprune tests benchmarks
 	$(VENV)/bin/python -m pytest -q
 
 # The long property run: FUZZ_EXAMPLES random CNNs, then a quarter as many token models.

@@ -47,7 +47,8 @@ Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for si
 an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a
 GPU, ``--device cuda``; batches are still augmented on the CPU, then moved)::
 
-    python benchmarks/cifar10.py --data DIR --model resnet20 --protocol full --device cuda --seeds 0 1 2 --dense-per-seed
+    python benchmarks/cifar10.py --data DIR --model resnet20 --protocol full --device cuda --seeds 0 1 2 \
+        --dense-per-seed
 
 One ResNet-20 leaves most of a GPU idle: ``benchmarks/cifar10_seeds.sh`` runs the seeds as
 parallel processes and then ``--report``, which trains nothing and tables the results on disk.
@@ -80,7 +81,7 @@ import fxprune  # noqa: E402
 from benchmarks.cifar_data import cifar10_loaders  # noqa: E402
 from benchmarks.cifar_models import MODELS, build_model  # noqa: E402
 from fxprune.methods.importance import relative_to_group  # noqa: E402
-from fxprune.train import Trainer, evaluate  # noqa: E402
+from fxprune.training.trainer import Trainer, evaluate  # noqa: E402
 
 
 @dataclass

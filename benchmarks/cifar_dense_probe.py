@@ -41,7 +41,7 @@ from tabulate import tabulate  # noqa: E402
 
 from benchmarks.cifar_data import cifar10_loaders, extract_archive  # noqa: E402
 from benchmarks.cifar_models import MODELS, build_model  # noqa: E402
-from fxprune.train import Trainer  # noqa: E402
+from fxprune.training.trainer import Trainer  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

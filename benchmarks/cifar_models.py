@@ -34,7 +34,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from fxprune.models import BasicBlock, CifarResNet, kaiming_init  # noqa: F401 (BasicBlock: re-exported)
+from fxprune.demo.cifar_resnet import BasicBlock, CifarResNet, kaiming_init  # noqa: F401 (BasicBlock: re-exported)
 
 VGG16_CFG: tuple[Union[int, str], ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 from torch.fx.experimental.optimization import fuse
+from zoo_plot import VARIANTS
 
 import fxprune.export
-from zoo_plot import VARIANTS
 
 
 class OnnxRuntimeModel:

@@ -38,11 +38,12 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
-import fxprune  # noqa: E402
-from fxprune.testing import randomize  # noqa: E402
 from deploy import add_timing_arguments, check_timing_arguments, deployed  # noqa: E402
 from zoo import RATIO, against_dense, run_meta, time_batch  # noqa: E402
 from zoo_plot import VARIANTS, variant  # noqa: E402
+
+import fxprune  # noqa: E402
+from fxprune.testing import randomize  # noqa: E402
 
 tv = torchvision.models
 

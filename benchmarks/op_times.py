@@ -28,8 +28,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
-import fxprune  # noqa: E402
 from zoo import RATIO, build  # noqa: E402  (a sibling script, as zoo.py imports zoo_plot)
+
+import fxprune  # noqa: E402
 
 # aten op -> kind; ops not named here are "other"
 KINDS = {

@@ -82,10 +82,13 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(_ROOT))
 
-import fxprune  # noqa: E402
-from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
 from deploy import add_timing_arguments, check_timing_arguments, deployed, runtimes  # noqa: E402
 from zoo_plot import status, variant, write_report  # noqa: E402
+
+import fxprune  # noqa: E402
+from fxprune.core.finalize.verify import verify  # noqa: E402
+from fxprune.core.ir import state_of  # noqa: E402
+from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
 MODEL_KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}  # as Torch-Pruning's example
@@ -191,7 +194,7 @@ def measure_fxprune(model, x, round_to, record) -> dict:
         t2 = time.perf_counter()
         small = fxprune.finalize(pm, check=False)  # the check as finalize runs it, timed on its own:
         t3 = time.perf_counter()
-        error = fxprune.verify.check(pm, small, fxprune.state.state_of(pm).example_inputs, 0.0, x.dtype)
+        error = verify(pm, small, state_of(pm), 0.0)
         t4 = time.perf_counter()
     after = fxprune.count(small, x)
     fx.update(ok=True, prepare_s=t1 - t0, prune_s=t2 - t1, finalize_s=t3 - t2, check_s=t4 - t3, total_s=t4 - t0,

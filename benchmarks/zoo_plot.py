@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-
 # deployment variants zoo.py times beside the plain models: label suffix -> how the summary says it
 # (longest first: variant() takes the first suffix a label ends with)
 VARIANTS = {"+fold+nhwc": "with BatchNorm folded, in channels_last", "+fold": "with BatchNorm folded",

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from .api import finalize
-from .verify import ieee_float32, thresholded
+from fxprune.core.finalize import finalize
+from fxprune.core.finalize.verify import ieee_float32, thresholded
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -49,14 +49,14 @@ def zero_channels(pm, fraction: float = 0.5, seed: int = 0, gates: bool = False)
     gen = torch.Generator().manual_seed(seed)
     zeroed = 0
     with torch.no_grad():
-        for name, mask in pm.fxprune.masks.items():
+        for mask in pm.fxprune.masks.values():
             n = mask.numel()
             k = min(int(round(fraction * n)), n - 1)
             if k > 0:
                 mask[torch.randperm(n, generator=gen)[:k]] = 0
                 zeroed += k
         if gates:
-            for name, gate in pm.fxprune.gates.items():
+            for gate in pm.fxprune.gates.values():
                 if torch.rand((), generator=gen) < fraction:
                     gate.zero_()
                     zeroed += 1

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-
-import fxprune
 from helpers import assert_finalized_equals_masked, randomize, zero_channels
 from test_rules import Residual
+
+import fxprune
 
 
 class Net(nn.Module):
@@ -63,7 +63,7 @@ def test_prepared_model_computes_what_the_model_computes_in_both_modes():
         torch.testing.assert_close(pm(x), model(x), rtol=0, atol=0)
 
 
-def test_finalize_leaves_the_prepared_model_as_it_was():
+def test_finalize_leaves_the_prepared_models_code_and_masks_as_they_were():
     pm = fxprune.prepare(net(), torch.randn(2, 3, 8, 8))
     zero_channels(pm, 0.5)
     code, masks = pm.code, {k: v.clone() for k, v in pm.state_dict().items()}
@@ -395,7 +395,7 @@ def test_cuda():
 
 
 def test_the_self_check_runs_in_full_float32_and_restores_the_settings():
-    from fxprune.verify import ieee_float32
+    from fxprune.core.finalize.verify import ieee_float32
 
     conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
     if conv is None or not hasattr(conv, "fp32_precision"):
@@ -463,7 +463,7 @@ class _SelfAttention(nn.Module):
         return self.attention(x, x, x, need_weights=False)[0]
 
 
-def test_finalize_leaves_the_prepared_model_as_it_was():
+def test_finalize_leaves_the_prepared_models_modules_hooks_and_outputs_as_they_were():
     pm = fxprune.prepare(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
     zero_channels(pm, 0.5)
     conv = pm.get_submodule("layer1.0.conv1")

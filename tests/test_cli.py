@@ -14,12 +14,12 @@ import torch
 import fxprune
 from fxprune import export
 from fxprune.cli import main
-from fxprune.data import write_image_folder
-from fxprune.modelspec import build_model
-from fxprune.models import CifarResNet
-from fxprune.shapes import CLASSES, make_shapes
+from fxprune.cli.model_names import build_model
+from fxprune.demo.cifar_resnet import CifarResNet
+from fxprune.demo.shapes import CLASSES, make_shapes
+from fxprune.training.data import write_image_folder
 
-SMALL = ["fxprune.models:small_resnet", "--input-shape", "3,32,32"]
+SMALL = ["fxprune.demo.cifar_resnet:small_resnet", "--input-shape", "3,32,32"]
 TINY = ["test_cli:tiny", "--input-shape", "3,16,16"]  # a user's own model: this module's function
 
 
@@ -48,7 +48,7 @@ def test_inspect_reads_torchvision_specs(capsys):
     ("resnet18", "write it as torchvision:NAME, timm:NAME or package.module:function"),
     ("torchvision:resnet_nope", "torchvision.models.list_models()"),
     ("no_such_package.models:build", "cannot import 'no_such_package.models'"),
-    ("fxprune.models:no_such_function", "has no 'no_such_function'"),
+    ("fxprune.demo.cifar_resnet:no_such_function", "has no 'no_such_function'"),
 ])
 def test_bad_model_specs_say_what_to_write(spec, message, capsys):
     assert main(["inspect", spec]) == 2
@@ -70,15 +70,15 @@ class Payload:
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):
-    model = build_model("fxprune.models:small_resnet")
+    model = build_model("fxprune.demo.cifar_resnet:small_resnet")
     torch.save({"model": model.state_dict()}, tmp_path / "trainer_style.pt")
-    again = build_model("fxprune.models:small_resnet", checkpoint=tmp_path / "trainer_style.pt")
+    again = build_model("fxprune.demo.cifar_resnet:small_resnet", checkpoint=tmp_path / "trainer_style.pt")
     assert torch.equal(again.fc.weight, model.fc.weight)
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump(Payload(marker), f)
     with pytest.raises(fxprune.FxPruneError, match="weights_only=True"):
-        build_model("fxprune.models:small_resnet", checkpoint=tmp_path / "evil.pt")
+        build_model("fxprune.demo.cifar_resnet:small_resnet", checkpoint=tmp_path / "evil.pt")
     assert not marker.exists()
 
 
@@ -133,7 +133,7 @@ def test_demo_quick_writes_the_table_plot_report_and_model(tmp_path, capsys):
     assert {"demo.png", "report.html", "small.pt2", "table.md"} <= {p.name for p in tmp_path.iterdir()}
     x = torch.randn(2, 3, 32, 32)
     assert fxprune.count(export.load(tmp_path / "small.pt2"), x).macs < fxprune.count(
-        build_model("fxprune.models:small_resnet"), x).macs * 0.55
+        build_model("fxprune.demo.cifar_resnet:small_resnet"), x).macs * 0.55
 
 
 @pytest.mark.skipif(shutil.which("fxprune", path=os.path.dirname(sys.executable)) is None,

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.copies import clone, copy_module
+from fxprune.core.copies import clone, copy_module
 
 
 def values(model):
@@ -116,7 +116,7 @@ def test_deepcopy_modules_copies_as_deepcopy_does():
 
     import torchvision
 
-    from fxprune.copies import deepcopy_modules
+    from fxprune.core.copies import deepcopy_modules
 
     class Odd(nn.Module):  # copies itself its own way: deepcopy_modules must defer to that
         def __init__(self):

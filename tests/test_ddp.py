@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import fxprune
-from fxprune.distributed import check_replicas, sync_center_loss, training_state
+from fxprune.training.distributed import check_replicas, sync_center_loss, training_state
 
 WORLD = 2
 STEPS = 6

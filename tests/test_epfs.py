@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import assert_finalized_equals_masked
 
 import fxprune
-from helpers import assert_finalized_equals_masked
 
 
 class Tiny(nn.Module):

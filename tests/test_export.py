@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomize, zero_channels
 
 import fxprune
 from fxprune import export
-from fxprune.archive import UnsafeArchiveError
-from fxprune.models import CifarResNet
-from helpers import randomize, zero_channels
+from fxprune.demo.cifar_resnet import CifarResNet
+from fxprune.export.archive import UnsafeArchiveError
 
 
 def tiny_resnet():

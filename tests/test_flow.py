@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fxprune.config import PruneConfig
-from fxprune.flow import ChannelFlow, _zeros_like_conv
-from fxprune.groups import resolve
-from fxprune.lower import lower_modules
-from fxprune.trace import trace
+from fxprune.core.prepare.group import resolve
+from fxprune.core.prepare.lower import lower_modules
+from fxprune.core.prepare.propagate import ChannelFlow
+from fxprune.core.prepare.trace import trace
+from fxprune.core.rules.layers import _zeros_like_conv
 
 
 def flows(model, *inputs):

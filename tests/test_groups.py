@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fxprune import groups
+from fxprune.core.prepare import group as groups
 
 segments = st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True).map(sorted),
                     min_size=1, max_size=30)

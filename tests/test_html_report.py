@@ -10,11 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from helpers import zero_channels
 
 import fxprune
-from fxprune.models import CifarResNet
-from fxprune.report_html import KEPT_COLOUR, PRUNED_COLOUR, layer_channels, plot_layers, write_html
-from helpers import zero_channels
+from fxprune.demo.cifar_resnet import CifarResNet
+from fxprune.report.html import KEPT_COLOUR, PRUNED_COLOUR, layer_channels, plot_layers, write_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_finalized_equals_masked, randomize
 
 import fxprune
-from helpers import assert_finalized_equals_masked, randomize
 
 
 def chain():

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import benchmark_script
 
 import fxprune
-from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import randomize
 
 import fxprune
-from helpers import randomize
 
 
 class JoinAndConcat(nn.Module):

@@ -1,7 +1,6 @@
 """benchmarks/op_times.py: the per-kind times add up and the table says what it measured."""
 
 import pytest
-
 from helpers import benchmark_script
 
 

@@ -4,12 +4,12 @@ model computes (masks and gates at 1), and finalize equals the masked model."""
 import os
 
 import torch
+from archs import Arch, RandomNet, TokenNet, architectures, token_architectures
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fxprune
-from archs import Arch, RandomNet, TokenNet, architectures, token_architectures
-from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "200"))
 

@@ -1,14 +1,13 @@
 """One test per coupling rule: a tiny module, the groups fxprune finds, and the central property."""
 
-import operator
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 import fxprune
-from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 
 def prepared(module, *inputs, **config):
@@ -231,7 +230,7 @@ def test_depthwise_conv_ties_input_and_output_channels():
 
 
 def test_an_atom_refined_into_one_factor_becomes_that_factor_frozen_or_not():
-    from fxprune.channels import AtomTable
+    from fxprune.core.atoms import AtomTable
 
     atoms = AtomTable()
     outputs, groups = atoms.new_space(2, "dw.weight:0"), atoms.new_space(2, "groups@dw")

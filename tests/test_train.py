@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fxprune.errors import FxPruneError
 from fxprune.methods.fista import FISTA
-from fxprune.train import Trainer, evaluate, latest_checkpoint
+from fxprune.training.trainer import Trainer, evaluate, latest_checkpoint
 
 
 class GatedNet(nn.Module):
@@ -130,7 +130,7 @@ def test_a_traced_graph_module_trains_and_resumes_like_any_module(tmp_path):
 
 
 def test_recalibrate_bn_replaces_stale_statistics_with_the_batches_average():
-    from fxprune.train import recalibrate_bn
+    from fxprune.training.trainer import recalibrate_bn
 
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     model.eval()

@@ -6,10 +6,10 @@ A model that raises here is a bug to fix, not a skip.
 import pytest
 import torch
 import torchvision
+from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 import fxprune
 from fxprune.testing import small_input, torchvision_classifiers
-from helpers import assert_finalized_equals_masked, randomize, zero_channels
 
 TRANSFORMERS = ("vit", "swin", "maxvit", "convnext")
 

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from helpers import benchmark_script
 
 HAVE_TP = importlib.util.find_spec("torch_pruning") is not None

@@ -24,12 +24,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..api import finalize
-from ..cost import branch_macs, channel_macs
-from ..count import count
-from ..errors import FxPruneError
-from ..state import state_of
-
+from fxprune.core.channel_cost import branch_macs, channel_macs
+from fxprune.core.finalize import finalize
+from fxprune.core.ir import state_of
+from fxprune.errors import FxPruneError
+from fxprune.report.count import count
 
 _SCAN = 64  # candidates tried when the ranking's next step overshoots the target
 

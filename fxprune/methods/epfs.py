@@ -43,17 +43,17 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..cost import branch_macs, channel_macs, mean_channel_macs, relative_channel_macs
-from ..decide import decide, emptied_groups
-from ..errors import FxPruneError
-from ..fold import can_fold_into, module_calls, norm_after
-from ..masks import ROLE, gate_parameters, mask_parameters, role
-from ..state import state_of
-from .budget import BudgetResult, prune_to_macs
-from .center_loss import CenterLoss
-from .features import FeatureTap
-from .fista import FISTA
-from .importance import channel_importance, relative_to_group
+from fxprune.core.channel_cost import branch_macs, channel_macs, mean_channel_macs, relative_channel_macs
+from fxprune.core.finalize.decide import decide, emptied_groups
+from fxprune.core.finalize.fold import can_fold_into, module_calls, norm_after
+from fxprune.core.ir import state_of
+from fxprune.core.masks import ROLE, gate_parameters, mask_parameters, role
+from fxprune.errors import FxPruneError
+from fxprune.methods.budget import BudgetResult, prune_to_macs
+from fxprune.methods.center_loss import CenterLoss
+from fxprune.methods.features import FeatureTap
+from fxprune.methods.fista import FISTA
+from fxprune.methods.importance import channel_importance, relative_to_group
 
 
 class EPFS:
@@ -237,7 +237,7 @@ class EPFS:
 
     def anneal_hook(self, total_steps: int, target: float, until: float = 0.5, every: int = 20,
                     release: bool = True):
-        """A :class:`fxprune.train.Trainer` step hook calling :meth:`anneal` every ``every`` steps.
+        """A :class:`fxprune.training.Trainer` step hook calling :meth:`anneal` every ``every`` steps.
 
         ``total_steps`` is the length of the sparse phase in optimiser steps.
         """
@@ -280,7 +280,7 @@ class EPFS:
                     best = members[np.argmax(scores[members])]
                     self.pm.fxprune.masks[g.name][int(index.position[best])] = 1.0
         warnings.warn(f"the l1 penalty emptied {len(emptied)} channel group(s); each keeps its most important "
-                      "channel. Lower l1 (or use prune(target=...)) to choose what goes.")
+                      "channel. Lower l1 (or use prune(target=...)) to choose what goes.", stacklevel=2)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

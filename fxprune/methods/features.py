@@ -21,7 +21,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..errors import FxPruneError
+from fxprune.errors import FxPruneError
 
 _PASS_THROUGH = {"flatten", "view", "reshape", "contiguous", "squeeze"}
 _PASS_THROUGH_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)

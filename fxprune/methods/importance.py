@@ -29,10 +29,10 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from ..cost import relative_channel_macs
-from ..errors import FxPruneError
-from ..slices import tied_slices
-from ..state import state_of
+from fxprune.core.channel_cost import relative_channel_macs
+from fxprune.core.ir import state_of
+from fxprune.core.weight_slices import tied_slices
+from fxprune.errors import FxPruneError
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "random")
 SCOPES = ("local", "global")

@@ -46,12 +46,20 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..cost import relative_channel_macs
-from ..slices import tied_slices
-from ..state import state_of
-from .budget import (BudgetResult, alive_channels, current_masks, measured_macs, prune_to_macs, restore_masks,
-                     switch_off, unpruned_macs)
-from .importance import relative_to_group
+from fxprune.core.channel_cost import relative_channel_macs
+from fxprune.core.ir import state_of
+from fxprune.core.weight_slices import tied_slices
+from fxprune.methods.budget import (
+    BudgetResult,
+    alive_channels,
+    current_masks,
+    measured_macs,
+    prune_to_macs,
+    restore_masks,
+    switch_off,
+    unpruned_macs,
+)
+from fxprune.methods.importance import relative_to_group
 
 
 class OutInGroupLasso:

@@ -1,0 +1,75 @@
+"""prepare: capture the model, find its coupled channels, insert masks and gates.
+
+Each line of :func:`prepare` is a stage, and each stage is a module of this folder:
+
+    trace.py       capture a copy of the model as a torch.fx graph (in_place.py: its ``a += b``)
+    lower.py       rewrite opaque modules (nn.MultiheadAttention) into ops with rules
+    propagate.py   run the graph once; every op's handler ties, consumes and freezes channel atoms
+    group.py       atoms become channels, channels that always go together become groups
+    branches.py    residual branches that can be removed whole
+    insert.py      one mask per group where its channels are mixed, one gate per branch
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from fxprune.config import PruneConfig
+from fxprune.core.drafts import release
+from fxprune.core.ir import ATTR, PruneState
+from fxprune.core.masks import MaskBank
+from fxprune.core.prepare.branches import find_branches
+from fxprune.core.prepare.group import resolve
+from fxprune.core.prepare.in_place import check_in_place
+from fxprune.core.prepare.insert import insert_gates, insert_masks
+from fxprune.core.prepare.lower import lower_modules
+from fxprune.core.prepare.propagate import propagate
+from fxprune.core.prepare.trace import example_inputs_for, trace, with_source_line
+from fxprune.core.tensors import dtype_and_device
+from fxprune.errors import FxPruneError
+
+
+def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[PruneConfig] = None) -> torch.fx.GraphModule:
+    """Trace ``model``, find its coupled channels and insert masks and gates (all 1).
+
+    The result computes exactly what ``model`` computes. Setting entries of
+    ``pm.fxprune.masks[...]`` or ``pm.fxprune.gates[...]`` to zero switches channels or
+    branches off; :func:`~fxprune.finalize` then removes them for real. ``model`` is not changed.
+
+    Args:
+        model: any torch.fx-traceable module.
+        example_inputs: a tensor or tuple of tensors; inferred for image models when omitted.
+        config: a :class:`~fxprune.PruneConfig`.
+
+    Returns:
+        A ``torch.fx.GraphModule`` with a ``fxprune`` submodule holding masks and gates.
+
+    Example:
+        >>> pm = prepare(torchvision.models.resnet18())          # doctest: +SKIP
+        >>> pm.fxprune.masks["g0"].shape                          # doctest: +SKIP
+        torch.Size([64])
+    """
+    config = config or PruneConfig()
+    example_inputs = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t
+                           for t in example_inputs_for(model, example_inputs))
+    gm = trace(model, config)
+    lower_modules(gm)
+    try:
+        flow = propagate(gm, config, example_inputs)
+        check_in_place(gm, flow.shapes)
+    except FxPruneError as e:
+        raise with_source_line(e, model, config) from None
+    index = resolve(flow)
+    branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
+    dtype, device = dtype_and_device(gm)
+    gm.add_submodule("fxprune", MaskBank([g.size for g in index.groups], [b.name for b in branches], dtype, device))
+    sites = insert_masks(gm, list(flow.sites.values()), index)
+    insert_gates(gm, branches)
+    gm = release(gm)
+    setattr(gm, ATTR, PruneState(index, sites, branches, example_inputs, config, flow.barriers,
+                                 flow.shapes, flow.approximate))
+    return gm

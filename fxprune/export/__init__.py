@@ -1,0 +1,215 @@
+"""Shipping a finalized model: save and load it without pickles, and export it to ONNX.
+
+:func:`save` writes a ``.pt2`` file with ``torch.export``: the graph as JSON and the
+weights as raw tensor bytes, in eval mode, with a dynamic batch dimension. :func:`load`
+reads it back as a module that needs neither fxprune nor the model's source code; it
+checks the file first (:mod:`fxprune.export.archive`), so nothing in it is unpickled except by
+``torch.load(weights_only=True)`` and nothing in it runs as code. :func:`to_onnx` writes
+one self-contained ``.onnx`` file with the dynamo-based exporter (``onnxscript``).
+
+    small = fxprune.finalize(pm)
+    fxprune.export.save(small, "small.pt2", x)      # anywhere later, without fxprune's masks:
+    model = fxprune.export.load("small.pt2")         # a torch.nn.Module; model(x) as before
+    fxprune.export.to_onnx(small, "small.onnx", x)   # onnxruntime.InferenceSession("small.onnx")
+
+Example:
+    >>> import tempfile, os
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    >>> path = save(model, os.path.join(tempfile.mkdtemp(), "m.pt2"), torch.randn(1, 3, 8, 8))
+    >>> load(path)(torch.randn(5, 3, 8, 8)).shape
+    torch.Size([5, 4, 6, 6])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import types
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from fxprune.errors import EquivalenceError, FxPruneError
+from fxprune.export import archive
+
+METADATA = "fxprune.json"
+
+
+def _as_tuple(example_inputs) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def _batch_of_two(inputs: tuple) -> tuple:
+    """torch.export specialises a batch of 1; a batch of 2 lets the batch dimension stay dynamic."""
+    return tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 else t
+                 for t in inputs)
+
+
+def _dynamic_shapes(inputs: tuple, dynamic_batch: bool):
+    if not dynamic_batch:
+        return None
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} if isinstance(t, torch.Tensor) and t.dim() else None for t in inputs)
+
+
+def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` in eval mode, the batch dimension dynamic.
+
+    Args:
+        model: a finalized model (any exportable module works); its mode is restored after.
+        example_inputs: a tensor or a tuple of tensors, first dimension the batch.
+        dynamic_batch: let the exported program accept any batch size.
+
+    Returns:
+        The ``ExportedProgram``.
+    """
+    inputs = _batch_of_two(_as_tuple(example_inputs)) if dynamic_batch else _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(inputs, dynamic_batch))
+    except Exception as e:
+        if not dynamic_batch:
+            raise
+        raise FxPruneError(f"torch.export could not keep the batch dimension dynamic: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}",
+                           hint="pass dynamic_batch=False to export for the example's batch size only") from e
+    finally:
+        model.train(was_training)
+
+
+def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_batch: bool = True,
+         metadata: Optional[dict] = None) -> Path:
+    """Write ``model`` (eval mode) to a ``.pt2`` file that :func:`load` opens without unpickling.
+
+    Args:
+        model: usually ``fxprune.finalize(pm)``.
+        path: the file to write; should end in ``.pt2``.
+        example_inputs: inputs to trace with (a tensor or a tuple of tensors).
+        dynamic_batch: accept any batch size when loaded.
+        metadata: JSON-serialisable facts stored beside the model (read them with
+            :func:`read_metadata`); the input shapes are added.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise FxPruneError(f"the file name must end in .pt2, got {path.name}", hint=f"use {path.stem}.pt2")
+    program = export_program(model, example_inputs, dynamic_batch)
+    meta = dict(metadata or {})
+    meta.setdefault("input_shapes", [list(t.shape) for t in _as_tuple(example_inputs) if isinstance(t, torch.Tensor)])
+    meta.setdefault("dynamic_batch", dynamic_batch)
+    meta.setdefault("torch_version", torch.__version__)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path), extra_files={METADATA: json.dumps(meta)})
+    return path
+
+
+def load_program(path: os.PathLike) -> torch.export.ExportedProgram:
+    """The checked ``ExportedProgram`` in a ``.pt2`` file (see :mod:`fxprune.export.archive`).
+
+    Raises:
+        fxprune.archive.UnsafeArchiveError: the file holds pickled payloads, compiled
+            code, guard code, unusual shape expressions or non-operator calls.
+    """
+    data = Path(path).read_bytes()
+    archive.check_archive(data)
+    program = torch.export.load(io.BytesIO(data))
+    archive.check_graph(program.graph_module)
+    return program
+
+
+def load(path: os.PathLike) -> torch.nn.Module:
+    """Load a model written by :func:`save`: an inference module that needs no fxprune code.
+
+    The module computes in eval mode for good: ``eval()`` does nothing and ``train()``
+    raises; fine-tune the finalized GraphModule before saving, not the loaded one.
+
+    Args:
+        path: a ``.pt2`` file.
+
+    Returns:
+        A ``torch.nn.Module`` computing what the saved model computed in eval mode.
+    """
+    module = load_program(path).module()
+    module.train = types.MethodType(_inference_only, module)
+    module.eval = types.MethodType(lambda self: self, module)  # saved in eval mode: already is
+    return module
+
+
+def _inference_only(module, mode: bool = True):
+    if mode:
+        raise FxPruneError("a model loaded from .pt2 is inference-only: it was saved in eval mode",
+                           hint="fine-tune the finalized GraphModule, then save it again")
+    return module
+
+
+def read_metadata(path: os.PathLike) -> dict:
+    """The metadata :func:`save` stored, read as JSON (nothing else in the file is touched)."""
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith(f"/extra/{METADATA}")]
+        return json.loads(zf.read(names[0])) if names else {}
+
+
+def to_onnx(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_batch: bool = True,
+            opset: Optional[int] = None, verify: bool = True) -> Path:
+    """Export ``model`` (eval mode) to one self-contained ONNX file.
+
+    Args:
+        model: usually ``fxprune.finalize(pm)``.
+        path: the ``.onnx`` file to write.
+        example_inputs: a tensor or a tuple of tensors.
+        dynamic_batch: a symbolic batch dimension in the ONNX graph.
+        opset: the ONNX opset; the exporter's default when None.
+        verify: run the file with onnxruntime on ``example_inputs`` (when installed) and
+            raise :class:`~fxprune.errors.EquivalenceError` if it disagrees with ``model``.
+
+    Returns:
+        ``path``. Inputs are named ``input0, input1, ...``, outputs ``output0, ...``.
+    """
+    if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
+        raise FxPruneError("ONNX export needs the onnx and onnxscript packages",
+                           hint="pip install 'fxprune[export]' (or: pip install onnx onnxscript onnxruntime)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = export_program(model, example_inputs, dynamic_batch)
+    inputs = _as_tuple(example_inputs)
+    onnx_program = torch.onnx.export(program, inputs, dynamo=True, external_data=False, opset_version=opset,
+                                     input_names=[f"input{i}" for i in range(len(inputs))], verbose=False)
+    onnx_program.save(str(path), external_data=False)
+    if verify and importlib.util.find_spec("onnxruntime") is not None:
+        error = onnx_difference(path, model, inputs)
+        if error > 1e-4:
+            raise EquivalenceError(f"onnxruntime's outputs differ from the model's by {error:.3g}",
+                                   hint="report this with the model; export with opset=... or dynamic_batch=False")
+    return path
+
+
+def run_onnx(path: os.PathLike, *inputs: torch.Tensor) -> list:
+    """Run an ONNX file with onnxruntime on the CPU; returns its outputs as tensors."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {arg.name: t.detach().cpu().numpy() for arg, t in zip(session.get_inputs(), inputs)}
+    return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+
+def onnx_difference(path: os.PathLike, model: torch.nn.Module, example_inputs) -> float:
+    """Largest absolute difference between onnxruntime's outputs and ``model``'s (eval mode)."""
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(*inputs)
+    finally:
+        model.train(was_training)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(torch.utils._pytree.tree_leaves(expected))
+    got = run_onnx(path, *inputs)
+    return max(float((e - g).abs().max()) for e, g in zip(expected, got))
