@@ -81,7 +81,7 @@ import fxprune  # noqa: E402
 from benchmarks.cifar_data import cifar10_loaders  # noqa: E402
 from benchmarks.cifar_models import MODELS, build_model  # noqa: E402
 from fxprune.methods.importance import relative_to_group  # noqa: E402
-from fxprune.training.trainer import Trainer, evaluate  # noqa: E402
+from fxprune.training import Trainer, evaluate  # noqa: E402
 
 
 @dataclass

@@ -4,36 +4,62 @@
     fxprune.prune_by_importance(pm, 0.5)  # or train the masks (EPFS, OICSR)
     small = fxprune.finalize(pm)         # a GraphModule with physically smaller tensors
     fxprune.export.save(small, "small.pt2", x)   # ship it: fxprune.export.load opens it without pickle
+
+The public names below are loaded on first use, so ``import fxprune.core`` (the pass
+alone) loads nothing of the methods, training, reports, export, CLI or demo.
 """
 
-from fxprune import export, report
-from fxprune.config import PruneConfig
-from fxprune.core.finalize import finalize
-from fxprune.core.masks import gate_parameters, mask_parameters, weight_parameters
-from fxprune.core.prepare import prepare
-from fxprune.core.rules import Handler as LayerHandler
-from fxprune.core.rules import RuleContext
-from fxprune.core.rules import register as register_handler
-from fxprune.errors import EquivalenceError, FxPruneError, MaskError, NotPreparedError, TraceError, UnsupportedOpError
-from fxprune.methods.budget import prune_to_macs
-from fxprune.methods.center_loss import CenterLoss
-from fxprune.methods.epfs import EPFS, normalised_groups
-from fxprune.methods.features import FeatureTap
-from fxprune.methods.fista import FISTA
-from fxprune.methods.importance import channel_importance, prune_by_importance, relative_to_group
-from fxprune.methods.oicsr import OutInGroupLasso, greedy_prune, oicsr_importance, relative_oicsr_importance
-from fxprune.report import branches, channel_groups, dependency_graph, prunable_share
-from fxprune.report import html as report_html
-from fxprune.report.count import Count, count
-from fxprune.training import distributed
+from __future__ import annotations
 
-__all__ = [
-    "CenterLoss", "EPFS", "FISTA", "FeatureTap", "OutInGroupLasso", "gate_parameters", "greedy_prune",
-    "mask_parameters", "normalised_groups", "oicsr_importance", "prune_to_macs", "relative_oicsr_importance",
-    "weight_parameters",
-    "Count", "EquivalenceError", "FxPruneError", "MaskError", "NotPreparedError", "PruneConfig", "TraceError",
-    "UnsupportedOpError", "branches", "channel_groups", "channel_importance", "count", "dependency_graph",
-    "finalize", "prepare", "prunable_share", "prune_by_importance", "relative_to_group", "report",
-    "distributed", "export", "report_html", "LayerHandler", "RuleContext", "register_handler",
-]
+import importlib
+
+# public name -> (module, attribute in it; None: the module itself)
+_PUBLIC = {
+    "prepare": ("fxprune.core.prepare", "prepare"),
+    "finalize": ("fxprune.core.finalize", "finalize"),
+    "PruneConfig": ("fxprune.config", "PruneConfig"),
+    "LayerHandler": ("fxprune.core.rules", "Handler"),
+    "RuleContext": ("fxprune.core.rules", "RuleContext"),
+    "register_handler": ("fxprune.core.rules", "register"),
+    "mask_parameters": ("fxprune.core.masks", "mask_parameters"),
+    "gate_parameters": ("fxprune.core.masks", "gate_parameters"),
+    "weight_parameters": ("fxprune.core.masks", "weight_parameters"),
+    **{name: ("fxprune.errors", name) for name in (
+        "FxPruneError", "EquivalenceError", "MaskError", "NotPreparedError", "TraceError", "UnsupportedOpError")},
+    "prune_to_macs": ("fxprune.methods.budget", "prune_to_macs"),
+    "CenterLoss": ("fxprune.methods.center_loss", "CenterLoss"),
+    "EPFS": ("fxprune.methods.epfs", "EPFS"),
+    "normalised_groups": ("fxprune.methods.epfs", "normalised_groups"),
+    "FeatureTap": ("fxprune.methods.features", "FeatureTap"),
+    "FISTA": ("fxprune.methods.fista", "FISTA"),
+    **{name: ("fxprune.methods.importance", name) for name in (
+        "channel_importance", "prune_by_importance", "relative_to_group")},
+    **{name: ("fxprune.methods.oicsr", name) for name in (
+        "OutInGroupLasso", "greedy_prune", "oicsr_importance", "relative_oicsr_importance")},
+    **{name: ("fxprune.report", name) for name in (
+        "branches", "channel_groups", "dependency_graph", "prunable_share")},
+    "Count": ("fxprune.report.count", "Count"),
+    "count": ("fxprune.report.count", "count"),
+    "export": ("fxprune.export", None),
+    "report": ("fxprune.report", None),
+    "report_html": ("fxprune.report.html", None),
+    "distributed": ("fxprune.training.distributed", None),
+}
+
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fxprune' has no attribute {name!r}")
+    module_name, attribute = _PUBLIC[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fxprune.errors import FxPruneError
 from fxprune.methods.fista import FISTA
-from fxprune.training.trainer import Trainer, evaluate, latest_checkpoint
+from fxprune.training import Trainer, evaluate, latest_checkpoint
 
 
 class GatedNet(nn.Module):

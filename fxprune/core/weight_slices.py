@@ -80,7 +80,3 @@ def tied_slices(pm, roles=ROLES) -> list:
                 out.append(Slice(f"{owner}.{attr}" if owner else attr, tensor, d, role, rows, channels))
     return out
 
-
-def channel_count(pm) -> int:
-    """How many prunable channels the prepared model has."""
-    return int(state_of(pm).index.group_of.size)

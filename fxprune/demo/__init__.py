@@ -33,11 +33,10 @@ from fxprune.core.prepare import prepare
 from fxprune.demo.cifar_resnet import small_resnet
 from fxprune.demo.shapes import CLASSES, make_shapes
 from fxprune.methods.epfs import EPFS
-from fxprune.report.compare import interleaved_latencies_ms, measure, stats_table
+from fxprune.report.compare import evaluate, interleaved_latencies_ms, measure, stats_table
 from fxprune.report.html import draw_layers, layer_channels, write_html
 from fxprune.training.data import ImageBatches, class_names, load_image_folder
 from fxprune.training.phases import train_phase
-from fxprune.training.trainer import evaluate
 
 
 @dataclass(frozen=True)

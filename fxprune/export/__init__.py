@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from fxprune.core.tensors import eval_mode
 from fxprune.errors import EquivalenceError, FxPruneError
 from fxprune.export import archive
 
@@ -68,10 +69,8 @@ def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool =
         The ``ExportedProgram``.
     """
     inputs = _batch_of_two(_as_tuple(example_inputs)) if dynamic_batch else _as_tuple(example_inputs)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             return torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(inputs, dynamic_batch))
     except Exception as e:
         if not dynamic_batch:
@@ -79,8 +78,6 @@ def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool =
         raise FxPruneError(f"torch.export could not keep the batch dimension dynamic: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}",
                            hint="pass dynamic_batch=False to export for the example's batch size only") from e
-    finally:
-        model.train(was_training)
 
 
 def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_batch: bool = True,
@@ -203,13 +200,8 @@ def run_onnx(path: os.PathLike, *inputs: torch.Tensor) -> list:
 def onnx_difference(path: os.PathLike, model: torch.nn.Module, example_inputs) -> float:
     """Largest absolute difference between onnxruntime's outputs and ``model``'s (eval mode)."""
     inputs = _as_tuple(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = model(*inputs)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        expected = model(*inputs)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(torch.utils._pytree.tree_leaves(expected))
     got = run_onnx(path, *inputs)
     return max(float((e - g).abs().max()) for e, g in zip(expected, got))

@@ -31,6 +31,7 @@ import torch
 
 from fxprune.core.channel_cost import relative_channel_macs
 from fxprune.core.ir import state_of
+from fxprune.core.tensors import owner_and_attribute
 from fxprune.core.weight_slices import tied_slices
 from fxprune.errors import FxPruneError
 
@@ -91,7 +92,7 @@ def _covered(n: int, slices: list) -> np.ndarray:
 
 
 def _is_norm_scale(pm, s) -> bool:
-    owner, _, attr = s.name.rpartition(".")
+    owner, attr = owner_and_attribute(s.name)
     return attr == "weight" and "Norm" in type(pm.get_submodule(owner)).__name__
 
 

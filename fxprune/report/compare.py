@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
+import torch.nn as nn
 from tabulate import tabulate
 
+from fxprune.core.tensors import eval_mode
+from fxprune.errors import FxPruneError
 from fxprune.report.count import count
 
 
@@ -47,9 +50,7 @@ def latency_ms(model: torch.nn.Module, example_inputs, repeats: int = 30, warmup
         The median over ``repeats`` runs.
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(warmup):
             model(*inputs)
         times = []
@@ -57,8 +58,6 @@ def latency_ms(model: torch.nn.Module, example_inputs, repeats: int = 30, warmup
             start = time.perf_counter()
             model(*inputs)
             times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     return 1000.0 * statistics.median(times)
 
 
@@ -81,8 +80,6 @@ def measure(name: str, model: torch.nn.Module, example_inputs, test_data: Option
     cost = count(model, example_inputs)
     top1 = None
     if test_data is not None:
-        from fxprune.training.trainer import evaluate
-
         top1 = evaluate(model, test_data)
     if latency is None:
         latency = latency_ms(model, example_inputs, repeats)
@@ -121,3 +118,40 @@ def _si(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
     return str(int(value))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> float:
+    """Top-1 accuracy, as a fraction in ``[0, 1]``, of ``model`` over ``loader``.
+
+    The model is put in eval mode and returned to its previous mode.
+
+    Args:
+        model: a classifier returning logits ``(n, classes)``.
+        loader: an iterable of ``(inputs, targets)`` batches.
+        device: where to move the batches; defaults to the model's device.
+
+    Returns:
+        The fraction of samples whose arg-max logit equals the target.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> evaluate(model, [(torch.eye(2), model(torch.eye(2)).argmax(1))])
+        1.0
+    """
+    device = device or model_device(model)
+    correct = total = 0
+    with eval_mode(model):
+        for inputs, targets in loader:
+            logits = model(inputs.to(device))
+            correct += (logits.argmax(1) == targets.to(device)).sum().item()
+            total += targets.numel()
+    if total == 0:
+        raise FxPruneError("evaluate got an empty loader", hint="pass a loader with at least one batch")
+    return correct / total
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU if it has none)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxprune.core.tensors import eval_mode
+
 
 @dataclass(frozen=True)
 class Count:
@@ -38,19 +40,15 @@ def count(model: nn.Module, example_inputs) -> Count:
         A :class:`Count`.
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    training = {m: m.training for m in model.modules()}
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
     try:
         # nn.MultiheadAttention's fused inference path is invisible to the flop counter:
         # turn it off so that its projections are counted like any linear layer.
         torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        for m, mode in training.items():
-            m.training = mode
     seen = set()
     params = 0
     for p in model.parameters():

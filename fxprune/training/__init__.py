@@ -7,6 +7,7 @@
     distributed.py  DDP: Center Loss across ranks, replica checks
 """
 
-from fxprune.training.trainer import Trainer, evaluate, latest_checkpoint, recalibrate_bn
+from fxprune.report.compare import evaluate
+from fxprune.training.trainer import Trainer, latest_checkpoint, recalibrate_bn
 
 __all__ = ["Trainer", "evaluate", "latest_checkpoint", "recalibrate_bn"]

@@ -40,48 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxprune.core.tensors import modes_kept
 from fxprune.errors import FxPruneError
+from fxprune.report.compare import evaluate, model_device
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
 StepHook = Callable[["Trainer", int], None]
 EpochHook = Callable[["Trainer", dict], None]
 CHECKPOINT_FORMAT = 1
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)\.pt$")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> float:
-    """Top-1 accuracy, as a fraction in ``[0, 1]``, of ``model`` over ``loader``.
-
-    The model is put in eval mode and returned to its previous mode.
-
-    Args:
-        model: a classifier returning logits ``(n, classes)``.
-        loader: an iterable of ``(inputs, targets)`` batches.
-        device: where to move the batches; defaults to the model's device.
-
-    Returns:
-        The fraction of samples whose arg-max logit equals the target.
-
-    Example:
-        >>> model = nn.Linear(2, 2)
-        >>> evaluate(model, [(torch.eye(2), model(torch.eye(2)).argmax(1))])
-        1.0
-    """
-    device = device or _model_device(model)
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for inputs, targets in loader:
-            logits = model(inputs.to(device))
-            correct += (logits.argmax(1) == targets.to(device)).sum().item()
-            total += targets.numel()
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise FxPruneError("evaluate got an empty loader", hint="pass a loader with at least one batch")
-    return correct / total
 
 
 @torch.no_grad()
@@ -114,22 +81,21 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_batches: int = 20,
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
-    device = device or _model_device(model)
-    was_training = model.training
+    device = device or model_device(model)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches seen
-    model.train()
     try:
-        for i, (inputs, _) in enumerate(batches):
-            if i >= num_batches:
-                break
-            model(inputs.to(device))
+        with modes_kept(model):
+            model.train()
+            for i, (inputs, _) in enumerate(batches):
+                if i >= num_batches:
+                    break
+                model(inputs.to(device))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        model.train(was_training)
     return len(norms)
 
 
@@ -216,7 +182,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_last = keep_last
         self.progress = progress
-        self.device = device or _model_device(model)
+        self.device = device or model_device(model)
         self.recalibrate_bn = recalibrate_bn
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
@@ -410,11 +376,6 @@ def _set_rng_state(state: dict) -> None:
         "has_gauss": n["has_gauss"],
         "gauss": n["gauss"],
     })
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _progress(iterable: Iterable, enabled: bool, desc: str):

@@ -18,6 +18,7 @@ import torch
 import torch.fx
 
 from fxprune.core.ir import Branch
+from fxprune.core.tensors import tensor_at
 
 _JOINS = {operator.add, operator.iadd, torch.add, "add", operator.sub, operator.isub, torch.sub, "sub"}
 _SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, "sub"}
@@ -93,8 +94,7 @@ def _param_count(gm: torch.fx.GraphModule, region) -> int:
         if n.op == "call_module":
             tensors = list(gm.get_submodule(n.target).parameters())
         elif n.op == "get_attr":
-            owner, _, attr = n.target.rpartition(".")
-            t = getattr(gm.get_submodule(owner) if owner else gm, attr)
+            t = tensor_at(gm, n.target)
             tensors = [t] if isinstance(t, torch.nn.Parameter) else []
         for t in tensors:
             if id(t) not in seen:

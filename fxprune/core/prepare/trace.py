@@ -49,6 +49,7 @@ class PruneTracer(torch.fx.Tracer):
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
         self.leaf_names = {m for m in leaf_modules if isinstance(m, str)}
         self.failed_in: Optional[str] = None
+        self.failed_class: Optional[str] = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)) \
@@ -65,6 +66,7 @@ class PruneTracer(torch.fx.Tracer):
         except Exception:
             if self.failed_in is None:
                 self.failed_in = self.path_of_module(m) or type(m).__name__
+                self.failed_class = type(m).__name__
             raise
 
 
@@ -146,14 +148,16 @@ def _dynamic_training_flags(graph: torch.fx.Graph) -> None:
 def _trace_error(model: nn.Module, tracer: PruneTracer, error: Exception) -> TraceError:
     frame = _user_frame(error)
     where = f"\n  source: {frame.filename}:{frame.lineno}: {frame.line}" if frame else ""
-    inside = f"\n  inside module: {tracer.failed_in}" if tracer.failed_in else ""
+    inside = f"\n  inside module: {tracer.failed_in} ({tracer.failed_class})" if tracer.failed_in else ""
     failed_in = f'"{tracer.failed_in}"' if tracer.failed_in else "..."
     leaf = f"PruneConfig(leaf_modules=[{failed_in}])"
+    handler = f"fxprune.register_handler({tracer.failed_class})" if tracer.failed_class else "fxprune.register_handler"
     return TraceError(
         f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}".strip() + where + inside,
         hint=f"declare the module that holds this code a leaf ({leaf}); it then becomes a frozen "
-             "boundary whose channels are kept. Or pass concrete_args in the PruneConfig to fix the Python "
-             "values the control flow depends on.")
+             f"boundary whose channels are kept. To prune its channels too, register a handler for its class "
+             f"({handler}). Or pass concrete_args in the PruneConfig to fix the Python values the control flow "
+             "depends on.")
 
 
 def _user_frame(error: Exception):
