@@ -9,9 +9,9 @@ Reads, never downloads, one of two layouts:
 Decoding happens once; the result (``images`` uint8 ``(N, 3, 32, 32)``,
 ``labels`` int64 ``(N,)``) is cached as a ``.pt`` in
 ``$XDG_CACHE_HOME/fxprune`` (default ``~/.cache/fxprune``), keyed by the
-resolved source path and split. Augmentation (random crop of the image padded
-with 4 black pixels, as torchvision's ``RandomCrop(32, padding=4)`` does, and a
-horizontal flip) and normalisation run on whole batches.
+resolved source path and split. Batching, augmentation (random crop of the image
+padded with 4 black pixels, as torchvision's ``RandomCrop(32, padding=4)`` does, and a
+horizontal flip) and normalisation are fxprune's :class:`~fxprune.training.data.ImageBatches`.
 
 Example::
 
@@ -28,16 +28,16 @@ import os
 import pickle
 import tarfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from fxprune.training.data import ImageBatches, load_image_folder
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def default_cache_dir() -> Path:
@@ -102,7 +102,10 @@ def load_cifar10(root: os.PathLike, split: str,
         saved = torch.load(cache, weights_only=True)
         return saved["images"], saved["labels"]
     batches = _torchvision_batches(source)
-    images, labels = _decode_batches(batches, split) if batches else _decode_folder(source / split)
+    if batches:
+        images, labels = _decode_batches(batches, split)
+    else:
+        images, labels, _ = load_image_folder(source, split, size=32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     torch.save({"images": images, "labels": labels, "source": str(source), "split": split}, tmp)
@@ -128,23 +131,6 @@ def _decode_batches(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64)
 
 
-def _decode_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder} is missing; expected <root>/train/<class>/*.jpg or a cifar-10-batches-py root")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        images.extend(decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for p in files)
-        labels.extend([label] * len(files))
-    if not images:
-        raise FileNotFoundError(f"no images under {folder}")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-
-
 def subset_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``per_class`` samples of every class, in data order.
 
@@ -159,87 +145,9 @@ def subset_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int)
     return images[keep], labels[keep]
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop of each zero-padded image and a random horizontal flip, batched.
-
-    Args:
-        images: ``(B, C, H, W)``, any dtype (uint8 here: pad value 0 is black).
-        generator: the source of randomness.
-        padding: pixels of zeros on every side before cropping back to ``H x W``.
-
-    Returns:
-        A tensor like ``images``.
-    """
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-    cols = ox[:, None] + torch.arange(w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b)[:, None, None, None]
-    chan = torch.arange(images.shape[1])[None, :, None, None]
-    return padded[batch, chan, rows, cols]
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` to float32, scaled to ``[0, 1]`` and standardised per channel."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255.0
-    return (images.float() - mean) / std
-
-
-class CifarBatches:
-    """A shuffled, optionally augmented batch iterator over uint8 images.
-
-    Shuffling and augmentation draw from a generator seeded by ``(seed,
-    epoch)``, so an epoch's batches do not depend on the global RNG; the
-    trainer calls :meth:`set_epoch` (otherwise each pass advances the epoch).
-
-    Args:
-        images: uint8 ``(N, 3, 32, 32)``.
-        labels: int64 ``(N,)``.
-        batch_size: samples per batch.
-        shuffle: reshuffle every epoch.
-        augment: random crop and flip.
-        seed: base seed.
-        drop_last: drop a final partial batch.
-    """
-
-    def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, augment: bool = True,
-                 seed: int = 0, drop_last: bool = False):
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
-        self._epoch_set = False
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch whose shuffle and augmentation the next pass uses."""
-        self.epoch, self._epoch_set = epoch, True
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if not self._epoch_set:
-            self.epoch += 1
-        self._epoch_set = False
-        n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.augment:
-                x = random_crop_flip(x, gen)
-            yield normalize(x), self.labels[idx]
-
-
 def cifar10_loaders(root: os.PathLike, batch_size: int = 128, *, test_batch_size: int = 500,
                     subset: Optional[int] = None, seed: int = 0, cache_dir: Optional[os.PathLike] = None,
-                    scratch_dir: os.PathLike = "/tmp/fxprune-data") -> tuple[CifarBatches, CifarBatches]:
+                    scratch_dir: os.PathLike = "/tmp/fxprune-data") -> tuple[ImageBatches, ImageBatches]:
     """Train (shuffled, augmented) and test (in order, plain) batch iterators.
 
     Args:
@@ -263,6 +171,6 @@ def cifar10_loaders(root: os.PathLike, batch_size: int = 128, *, test_batch_size
         if subset is not None:
             images, labels = subset_per_class(images, labels, subset)
         splits.append((images, labels))
-    train = CifarBatches(*splits[0], batch_size, shuffle=True, augment=True, seed=seed)
-    test = CifarBatches(*splits[1], test_batch_size, shuffle=False, augment=False, seed=seed)
+    train = ImageBatches(*splits[0], batch_size, shuffle=True, augment=True, seed=seed, mean=MEAN, std=STD)
+    test = ImageBatches(*splits[1], test_batch_size, shuffle=False, augment=False, seed=seed, mean=MEAN, std=STD)
     return train, test

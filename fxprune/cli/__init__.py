@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--report", type=Path, help="also write this per-layer .html report (and a .png beside it)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    demo = sub.add_parser("demo", help="train, EPFS-prune, finalize and compare a small CNN (about 5 minutes)")
+    demo = sub.add_parser("demo", help="train, EPFS-prune, finalize and compare a small CNN")
     demo.add_argument("--data", type=Path, help="a CIFAR-10 image folder (train/, test/) instead of synthetic shapes")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     demo.add_argument("--target-macs", type=_fraction, help="share of the MACs to remove (default 0.5)")

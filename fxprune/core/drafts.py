@@ -1,7 +1,7 @@
 """Drafts: GraphModules whose code is generated once, when the passes editing them are done.
 
 torch.fx generates and compiles a GraphModule's Python code when the module is built and
-on every ``recompile()``: about 10 ms for a graph of a few hundred nodes, more than most of
+on every ``recompile()``, which on a graph of a few hundred nodes costs more than most of
 fxprune's passes take. prepare and finalize edit their graph in several passes and run
 none of the intermediate code (shape propagation interprets the graph node by node), so
 they edit a :class:`Draft` and :func:`release` it as a plain GraphModule, compiled once.

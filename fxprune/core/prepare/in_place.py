@@ -32,8 +32,7 @@ class InPlaceProxy(torch.fx.Proxy):
     torch.fx's Proxy has no ``__iadd__``, so Python runs ``out += identity`` as
     ``out = out + identity`` and the graph forgets that the user added in place. That is
     the safe reading while masks are trained, but a residual add that allocates its result
-    is measurably slower than the user's in-place one (about 8% of a pruned ResNet-50's
-    forward pass at batch 32). The node is still an out-of-place op, marked
+    is slower than the user's in-place one. The node is still an out-of-place op, marked
     ``meta[IN_PLACE]``; finalize makes it in-place again where nothing can tell.
     ``__iadd__``, ``__isub__``, ``__imul__`` and ``__itruediv__`` are made from AUGMENTED.
     """
