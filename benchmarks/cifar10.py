@@ -61,7 +61,6 @@ import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -81,6 +80,7 @@ import fxprune  # noqa: E402
 from benchmarks.cifar_data import cifar10_loaders  # noqa: E402
 from benchmarks.cifar_models import MODELS, build_model  # noqa: E402
 from fxprune.methods.importance import relative_to_group  # noqa: E402
+from fxprune.report.machine import machine  # noqa: E402
 from fxprune.training import Trainer, evaluate  # noqa: E402
 
 
@@ -454,9 +454,7 @@ def train_seeds(args, proto: Protocol, out: Path) -> dict:
 def run_meta(args, proto: Protocol) -> dict:
     """What a results file records about the run that wrote it."""
     return {"model": args.model, "protocol": asdict(proto), "target": args.target, "subset": args.subset,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
-                       + (f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""),
-            "torch": torch.__version__, "args": vars(args)}
+            "machine": machine(), "args": vars(args)}
 
 
 def dense_seed(args, seed: int) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 import warnings
 
@@ -27,6 +27,7 @@ import torchvision
 from tabulate import tabulate
 
 import fxprune
+from fxprune.report.machine import machine
 from fxprune.testing import randomize, small_input, torchvision_classifiers
 
 
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
               f"share={r['prunable_share']:.2f} macs {r['macs_after'] / r['macs_before']:.2f} "
               f"err={r['equivalence_error']:.1e}", flush=True)
     ok = [r for r in rows if "error" not in r]
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "models": len(rows), "exact": len(ok),
+    meta = {"machine": machine(), "command": " ".join(["python benchmarks/coverage.py", *(argv or sys.argv[1:])]),
+            "models": len(rows), "exact": len(ok),
             "max_equivalence_error": max((r["equivalence_error"] for r in ok), default=None)}
     with open(os.path.join(args.out, "coverage.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -61,7 +61,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -88,6 +87,7 @@ from zoo_plot import status, variant, write_report  # noqa: E402
 import fxprune  # noqa: E402
 from fxprune.core.finalize.verify import verify  # noqa: E402
 from fxprune.core.ir import state_of  # noqa: E402
+from fxprune.report.machine import machine  # noqa: E402
 from fxprune.testing import randomize, torchvision_classifiers  # noqa: E402
 
 SIZES = {"inception_v3": 299, "ssd300_vgg16.backbone": 300, "ssdlite320_mobilenet_v3_large.backbone": 320}
@@ -570,18 +570,8 @@ def parse(argv=None):
 
 def run_meta(args, **extra) -> dict:
     """Where and how a benchmark run timed its models, for its JSON; ``extra`` adds its own settings."""
-    return {"machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
-            "repeats": args.repeats, "warmup": args.warmup, **extra, "ratio": RATIO, "round_to": args.round_to,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+    return {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, **extra,
+            "ratio": RATIO, "round_to": args.round_to}
 
 
 def main(argv=None) -> int:

@@ -104,4 +104,4 @@ def test_rows_train_on_cuda(cifar10, fake_cifar):
     summary = _run(cifar10, fake_cifar, fake_cifar / "out", "--seeds", "0", "--device", "cuda",
                    methods=("dense", "epfs", "l1", "slimming"))
     assert {r["method"] for r in summary["rows"]} == {"dense", "epfs", "l1", "slimming"}
-    assert torch.cuda.get_device_name() in summary["machine"]
+    assert summary["machine"]["cuda"] == torch.cuda.get_device_name()

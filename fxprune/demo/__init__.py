@@ -20,6 +20,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +38,7 @@ from fxprune.demo.shapes import CLASSES, make_shapes
 from fxprune.methods.epfs import EPFS
 from fxprune.report.compare import evaluate, interleaved_latencies_ms, measure, stats_table
 from fxprune.report.html import draw_layers, layer_channels, write_html
+from fxprune.report.machine import machine
 from fxprune.training.data import ImageBatches, class_names, load_image_folder
 from fxprune.training.phases import train_phase
 
@@ -172,6 +176,7 @@ def run_demo(out_dir: str = "out/demo", data_dir: Optional[str] = None, config: 
     files = _write_outputs(out, pm, tuned, stats, history, example, source)
     result = DemoResult(stats, table, history, budget.reduction, list(budget.branches), files,
                         time.perf_counter() - start)
+    files["result"] = _write_result(out / "result.json", result, config, source, budget.channels)
     echo("\n" + table + "\n")
     for name, path in files.items():
         echo(f"{name:<8} {path}")
@@ -190,6 +195,20 @@ def _write_outputs(out: Path, pm, tuned, stats: list, history: list, example, so
     except ImportError:
         files["plot"] = "(skipped: pip install matplotlib for the plot)"
     return files
+
+
+def _write_result(path: Path, result: DemoResult, config: DemoConfig, source: str, channels: int) -> Path:
+    """Every figure the demo printed, with what produced it, as JSON."""
+    record = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "data": source, "config": dataclasses.asdict(config),
+        "rows": [dataclasses.asdict(s) for s in result.stats],
+        "macs_reduction": result.reduction, "channels_removed": channels,
+        "branches_removed": result.removed_branches, "history": result.history, "seconds": result.seconds,
+        "machine": machine(),
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def plot_demo(history: list, rows: list, path: Path) -> Path:
