@@ -24,6 +24,12 @@ class PruneConfig:
             to a warning for those outputs.
         gate_branches: put a removable gate on every residual branch (``y = a + g * f(x)``).
         min_branch_params: a branch needs at least this many parameters to get a gate.
+        capture: how the model becomes a graph: ``"fx"`` (``torch.fx`` symbolic tracing),
+            ``"export"`` (``torch.export.export(strict=False)``, for models tracing cannot
+            follow: control flow on values, Hugging Face transformers, detectors), or
+            ``"auto"`` (trace, and fall back to torch.export where tracing fails).
+        dynamic_shapes: passed to ``torch.export`` instead of fxprune's choice (the batch
+            dimension of every input, and the length of token inputs, kept dynamic).
 
     Example:
         >>> PruneConfig(leaf_modules=["head"], strict=True).strict
@@ -36,3 +42,5 @@ class PruneConfig:
     approximate_norms: bool = False
     gate_branches: bool = True
     min_branch_params: int = 1
+    capture: str = "auto"
+    dynamic_shapes: Optional[Any] = None

@@ -17,6 +17,7 @@ from torch.utils import _pytree as pytree
 
 from fxprune.core.finalize import finalize
 from fxprune.core.finalize.verify import ieee_float32, thresholded
+from fxprune.core.ir import ExampleInputs
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,7 +67,7 @@ def zero_channels(pm, fraction: float = 0.5, seed: int = 0, gates: bool = False)
 def outputs(model, inputs):
     model.eval()
     with torch.no_grad():
-        out = model(*inputs)
+        out = ExampleInputs.of(inputs)(model)
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
@@ -80,7 +81,7 @@ def assert_finalized_equals_masked(pm, inputs=None, threshold: float = 0.0, rtol
     Returns:
         The finalized model.
     """
-    inputs = inputs if inputs is not None else pm.fxprune_state.example_inputs
+    inputs = inputs if inputs is not None else pm.fxprune_state.example
     finalized = finalize(pm, threshold=threshold)
     finalized.graph.lint()
     assert not any(type(m).__module__.startswith("fxprune") for m in finalized.modules()), "fxprune module left"

@@ -3,6 +3,7 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 from helpers import assert_finalized_equals_masked, randomize, zero_channels
@@ -61,14 +62,16 @@ def _with_flow(handler, flow):
     return patched
 
 
-def test_fast_rules_match_the_probe(monkeypatch):
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_fast_rules_match_the_probe(monkeypatch, capture):
     model = randomize(Moves().eval())
     x = torch.randn(2, 3, 4, 6)
-    fast = fxprune.prepare(model, x)
+    config = fxprune.PruneConfig(capture=capture)
+    fast = fxprune.prepare(model, x, config)
     for key, handler in FAST.items():
         table = registry._METHODS if isinstance(key, str) else registry._FUNCTIONS
         monkeypatch.setitem(table, key, _with_flow(handler, movement.movement))
-    probed = fxprune.prepare(model, x)
+    probed = fxprune.prepare(model, x, config)
     assert structure(fast) == structure(probed)
     for pm in (fast, probed):
         zero_channels(pm, 0.5)
@@ -76,7 +79,8 @@ def test_fast_rules_match_the_probe(monkeypatch):
 
 
 def test_every_fast_rule_is_exercised(monkeypatch):
-    """Every fast flow rule runs on Moves (each rule at least once, through one of its keys)."""
+    """Every fast flow rule runs on Moves, captured by symbolic tracing or by torch.export (each rule
+    at least once, through one of its keys)."""
     ran = set()
 
     def recording(handler):
@@ -88,7 +92,8 @@ def test_every_fast_rule_is_exercised(monkeypatch):
     for key, handler in FAST.items():
         table = registry._METHODS if isinstance(key, str) else registry._FUNCTIONS
         monkeypatch.setitem(table, key, _with_flow(handler, recording(handler)))
-    fxprune.prepare(randomize(Moves().eval()), torch.randn(2, 3, 4, 6))
+    for capture in ("fx", "export"):
+        fxprune.prepare(randomize(Moves().eval()), torch.randn(2, 3, 4, 6), fxprune.PruneConfig(capture=capture))
     rules = {_rule_of(h) for h in FAST.values()}
     assert len(rules) > 10
     assert rules - ran == set(), f"fast rules Moves does not run: {sorted(rules - ran)}"

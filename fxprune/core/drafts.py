@@ -42,6 +42,11 @@ def release(draft: Draft) -> torch.fx.GraphModule:
     return _assemble(torch.fx.GraphModule, draft, draft.graph, draft.meta, type(draft).__name__)
 
 
+def draft_over(root: nn.Module, graph: torch.fx.Graph) -> Draft:
+    """A :class:`Draft` running ``graph`` over ``root``'s own modules (not plain containers on each path)."""
+    return _assemble(Draft, root, graph, {}, type(root).__name__)
+
+
 def copy_as_draft(gm: torch.fx.GraphModule, memo: dict) -> Draft:
     """``copy.deepcopy(gm, memo)``, as a :class:`Draft`: what ``memo`` already maps (tensors to share) is shared,
     modules are copied by :func:`deepcopy_modules`."""

@@ -199,14 +199,17 @@ class PruneState:
     """Everything finalize and the methods need, recorded by prepare.
 
     Args:
-        index: channels, groups and every layout in channel ids (:class:`~fxprune.core.prepare.group.ChannelIndex`).
-        sites: the mask sites (:class:`~fxprune.core.rules.MaskSite`) that got a mask, by mask module name.
-        branches: the removable branches (:class:`~fxprune.core.ir.Branch`).
-        example_inputs: the inputs prepare traced with; finalize checks itself on them.
+        index: channels, groups and every layout in channel ids (:class:`ChannelIndex`).
+        sites: the mask sites (:class:`MaskSite`) that got a mask, by mask module name.
+        branches: the removable branches (:class:`Branch`).
+        example_inputs: the positional inputs prepare captured with; finalize checks itself on them.
         config: the :class:`~fxprune.config.PruneConfig` used.
         barriers: ops whose channels were frozen, and why.
         shapes: node name -> output shape(s) before pruning.
         approximate: nodes pruned approximately (LayerNorms, with ``approximate_norms``).
+        example_kwargs: the keyword inputs prepare captured with.
+        capture: ``"fx"`` (symbolic tracing) or ``"export"`` (torch.export).
+        dynamic: input name -> the dimensions the captured graph keeps symbolic (torch.export).
     """
 
     index: object
@@ -217,6 +220,42 @@ class PruneState:
     barriers: list = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
     approximate: list = field(default_factory=list)
+    example_kwargs: dict = field(default_factory=dict)
+    capture: str = "fx"
+    dynamic: dict = field(default_factory=dict)
+
+    @property
+    def example(self) -> "ExampleInputs":
+        """The example inputs, positional and keyword."""
+        return ExampleInputs(self.example_inputs, self.example_kwargs)
+
+
+@dataclass
+class ExampleInputs:
+    """What a model is called with: ``model(*args, **kwargs)``.
+
+    Example:
+        >>> ExampleInputs.of({"input_ids": 1}).kwargs
+        {'input_ids': 1}
+    """
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, model):
+        """``model(*args, **kwargs)``."""
+        return model(*self.args, **self.kwargs)
+
+    @classmethod
+    def of(cls, value) -> "ExampleInputs":
+        """From a tensor, a tuple or list of positional inputs, a dict of keyword inputs, or an ExampleInputs."""
+        if isinstance(value, ExampleInputs):
+            return value
+        if isinstance(value, dict):
+            return cls((), dict(value))
+        if isinstance(value, (tuple, list)):
+            return cls(tuple(value), {})
+        return cls((value,), {})
 
 
 def state_of(model) -> PruneState:

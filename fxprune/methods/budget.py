@@ -71,7 +71,7 @@ def restore_masks(pm, saved: tuple) -> None:
 def measured_macs(pm, threshold: float = 0.0) -> int:
     """MACs of the model finalize would produce now (finalized without its self-check)."""
     state = state_of(pm)
-    return count(finalize(pm, threshold=threshold, check=False), state.example_inputs).macs
+    return count(finalize(pm, threshold=threshold, check=False), state.example).macs
 
 
 def prune_to_macs(pm, target: float, channel_scores: Optional[np.ndarray], gate_scores: Optional[dict] = None,

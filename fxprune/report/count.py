@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fxprune.core.ir import ExampleInputs
 from fxprune.core.tensors import eval_mode
 
 
@@ -34,19 +35,19 @@ def count(model: nn.Module, example_inputs) -> Count:
     Args:
         model: any module (a prepared model counts its masks as parameters, which are
             few; its mask multiplies cost no MACs).
-        example_inputs: a tensor or a tuple of tensors.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
 
     Returns:
         A :class:`Count`.
     """
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    example = ExampleInputs.of(example_inputs)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         # nn.MultiheadAttention's fused inference path is invisible to the flop counter:
         # turn it off so that its projections are counted like any linear layer.
         torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
-            model(*inputs)
+            example(model)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     seen = set()

@@ -210,7 +210,7 @@ def _layers_table(rows: Sequence[LayerChannels]) -> str:
 
 
 def _cost_html(pm, small) -> str:
-    inputs = state_of(pm).example_inputs
+    inputs = state_of(pm).example
     before, after = count(pm, inputs), count(small, inputs)
     before_params = sum(p.numel() for p in weight_parameters(pm))  # without the masks and gates
     return ('<table class="summary"><tr><th></th><th>MACs</th><th>parameters</th></tr>'

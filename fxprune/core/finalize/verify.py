@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils import _pytree as pytree
 
+from fxprune.core.ir import ExampleInputs
 from fxprune.core.tensors import dtype_and_device, eval_mode
 from fxprune.errors import EquivalenceError
 
@@ -65,8 +66,9 @@ def ieee_float32():
 def equivalence_error(pm, finalized, inputs, threshold: float) -> float:
     """Largest difference between the masked and the finalized model, relative to output size."""
     with torch.no_grad(), eval_mode(pm, finalized), thresholded(pm, threshold), ieee_float32():
-        reference = pm(*inputs)
-        result = finalized(*inputs)
+        example = ExampleInputs.of(inputs)
+        reference = example(pm)
+        result = example(finalized)
     ref_leaves = [t for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
     out_leaves = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
     if len(ref_leaves) != len(out_leaves) or any(a.shape != b.shape for a, b in zip(ref_leaves, out_leaves)):
@@ -94,12 +96,12 @@ def verify(pm, finalized, state, threshold: float) -> float:
     close, not equal: the error is measured and a warning says so.
     """
     if state.approximate:
-        error = equivalence_error(pm, finalized, state.example_inputs, threshold)
+        error = equivalence_error(pm, finalized, state.example, threshold)
         warnings.warn(f"approximate_norms: the finalized model differs from the masked model by {error:.3g} "
                       f"(relative) because {len(state.approximate)} normalisation(s) lost channels", stacklevel=3)
         return error
     dtype, _ = dtype_and_device(pm)
-    return check(pm, finalized, state.example_inputs, threshold, dtype)
+    return check(pm, finalized, state.example, threshold, dtype)
 
 
 def check(pm, finalized, inputs, threshold: float, dtype: torch.dtype) -> float:

@@ -2,7 +2,8 @@
 
 Each line of :func:`prepare` is a stage, and each stage is a module of this folder:
 
-    trace.py       capture a copy of the model as a torch.fx graph (in_place.py: its ``a += b``)
+    capture.py     capture a copy of the model as a torch.fx graph: by symbolic tracing (trace.py;
+                   in_place.py: its ``a += b``) or by torch.export (export.py; lift.py: module calls back)
     lower.py       rewrite opaque modules (nn.MultiheadAttention) into ops with rules
     propagate.py   run the graph once; every op's handler ties, consumes and freezes channel atoms
     group.py       atoms become channels, channels that always go together become groups
@@ -23,12 +24,13 @@ from fxprune.core.drafts import release
 from fxprune.core.ir import ATTR, PruneState
 from fxprune.core.masks import MaskBank
 from fxprune.core.prepare.branches import find_branches
+from fxprune.core.prepare.capture import capture, example_inputs_for, placeholder_values
 from fxprune.core.prepare.group import resolve
 from fxprune.core.prepare.in_place import check_in_place
 from fxprune.core.prepare.insert import insert_gates, insert_masks
 from fxprune.core.prepare.lower import lower_modules
 from fxprune.core.prepare.propagate import propagate
-from fxprune.core.prepare.trace import example_inputs_for, trace, with_source_line
+from fxprune.core.prepare.trace import with_source_line
 from fxprune.core.tensors import dtype_and_device
 from fxprune.errors import FxPruneError
 
@@ -41,8 +43,11 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     branches off; :func:`~fxprune.finalize` then removes them for real. ``model`` is not changed.
 
     Args:
-        model: any torch.fx-traceable module.
-        example_inputs: a tensor or tuple of tensors; inferred for image models when omitted.
+        model: the model; symbolic tracing or torch.export must be able to capture it
+            (``config.capture``).
+        example_inputs: a tensor, a tuple of positional inputs, a dict of keyword inputs
+            (``{"input_ids": ids, "attention_mask": mask}``), or ``(args, kwargs)`` as an
+            :class:`~fxprune.core.ir.ExampleInputs`; inferred for image models when omitted.
         config: a :class:`~fxprune.PruneConfig`.
 
     Returns:
@@ -54,15 +59,15 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
         torch.Size([64])
     """
     config = config or PruneConfig()
-    example_inputs = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t
-                           for t in example_inputs_for(model, example_inputs))
-    gm = trace(model, config)
+    example = example_inputs_for(model, example_inputs)
+    captured = capture(model, example.args, example.kwargs, config)
+    gm = captured.gm
     lower_modules(gm)
     try:
-        flow = propagate(gm, config, example_inputs)
+        flow = propagate(gm, config, placeholder_values(gm, example.args, example.kwargs))
         check_in_place(gm, flow.shapes)
     except FxPruneError as e:
-        raise with_source_line(e, model, config) from None
+        raise (with_source_line(e, model, config) if captured.how == "fx" else e) from None
     index = resolve(flow)
     branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
     dtype, device = dtype_and_device(gm)
@@ -70,6 +75,6 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     sites = insert_masks(gm, list(flow.sites.values()), index)
     insert_gates(gm, branches)
     gm = release(gm)
-    setattr(gm, ATTR, PruneState(index, sites, branches, example_inputs, config, flow.barriers,
-                                 flow.shapes, flow.approximate))
+    setattr(gm, ATTR, PruneState(index, sites, branches, example.args, config, flow.barriers, flow.shapes,
+                                 flow.approximate, example.kwargs, captured.how, captured.dynamic))
     return gm

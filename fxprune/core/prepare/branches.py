@@ -20,8 +20,9 @@ import torch.fx
 from fxprune.core.ir import Branch
 from fxprune.core.tensors import tensor_at
 
-_JOINS = {operator.add, operator.iadd, torch.add, "add", operator.sub, operator.isub, torch.sub, "sub"}
-_SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, "sub"}
+_aten = torch.ops.aten
+_SUBTRACTIONS = {operator.sub, operator.isub, torch.sub, "sub", _aten.sub.Tensor, _aten.sub_.Tensor}
+_JOINS = {operator.add, operator.iadd, torch.add, "add", _aten.add.Tensor, _aten.add_.Tensor, *_SUBTRACTIONS}
 
 
 def find_branches(gm: torch.fx.GraphModule, shapes: dict, min_params: int = 1) -> list:

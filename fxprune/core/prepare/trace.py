@@ -1,4 +1,4 @@
-"""Tracing with torch.fx: leaf-module policy, clear errors, example inputs.
+"""Capture by symbolic tracing with torch.fx: leaf-module policy, clear errors, training flags.
 
 The caller's model is deep-copied before tracing (its tensors copy-on-write, see
 :mod:`fxprune.core.copies`), so nothing fxprune does later (inserting masks, training
@@ -6,15 +6,13 @@ them, slicing weights) can reach it.
 
 Example:
     >>> gm = trace(torchvision.models.resnet18(), PruneConfig())   # doctest: +SKIP
-    >>> example_inputs_for(torchvision.models.resnet18())[0].shape   # doctest: +SKIP
-    torch.Size([1, 3, 224, 224])
 """
 
 from __future__ import annotations
 
 import os
 import traceback
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.fx
@@ -33,10 +31,14 @@ from fxprune.errors import FxPruneError, TraceError
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 # call_function targets whose ``training`` argument tracing bakes in, and its position.
+_aten = torch.ops.aten
 _TRAINING_ARGUMENT = {
     F.dropout: 2, F.dropout1d: 2, F.dropout2d: 2, F.dropout3d: 2, F.alpha_dropout: 2,
     F.feature_alpha_dropout: 2, torchvision.ops.stochastic_depth: 3,
     swin_transformer.shifted_window_attention: 12,
+    # what torch.export records for calls it could not lift back into their modules
+    _aten.batch_norm.default: 5, _aten.dropout.default: 2, _aten.feature_dropout.default: 2,
+    _aten.alpha_dropout.default: 2, _aten.feature_alpha_dropout.default: 2,
 }
 
 
@@ -93,7 +95,7 @@ def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> 
         graph = tracer.trace(root, concrete_args=config.concrete_args)
     except Exception as e:
         raise _trace_error(model, tracer, e) from e
-    _dynamic_training_flags(graph)
+    dynamic_training_flags(graph)
     gm = Draft(tracer.root, graph, root.__class__.__name__)
     for name, m in gm.named_modules():
         m.training = modes.get(name, model.training)
@@ -117,7 +119,7 @@ def with_source_line(error: FxPruneError, model: nn.Module, config: PruneConfig)
     return type(error)(error.message, node=error.node, hint=error.hint)
 
 
-def _dynamic_training_flags(graph: torch.fx.Graph) -> None:
+def dynamic_training_flags(graph: torch.fx.Graph) -> None:
     """Make ``training=`` arguments baked in by tracing follow ``gm.train()`` / ``gm.eval()``.
 
     Tracing reads ``self.training`` once (the model is traced in eval mode), so a functional
@@ -166,27 +168,3 @@ def _user_frame(error: Exception):
         if not frame.filename.startswith(_TORCH_DIR) and "fxprune" not in frame.filename:
             return frame
     return None
-
-
-def example_inputs_for(model: nn.Module, example_inputs: Any = None) -> tuple:
-    """The example inputs as a tuple; inferred for image models when not given.
-
-    An image model's input is inferred from its first convolution: one image of
-    ``in_channels`` x 224 x 224.
-
-    Raises:
-        FxPruneError: no inputs were given and the model has no convolution to infer from.
-    """
-    if example_inputs is not None:
-        return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    param = next((p for p in model.parameters()), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    device = param.device if param is not None else "cpu"
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return (torch.randn(1, m.in_channels, 224, 224, dtype=dtype, device=device),)
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)):
-            break
-    raise FxPruneError(
-        f"cannot infer an example input for {type(model).__name__}: its first layer is not a 2-d convolution",
-        hint="pass example_inputs to prepare, for example prepare(model, torch.randn(1, 16))")

@@ -23,7 +23,7 @@ from fxprune.core import functional
 from fxprune.core.atoms import empty_dim, product
 from fxprune.core.rules.context import RuleContext
 from fxprune.core.rules.elementwise import broadcast_layout
-from fxprune.core.rules.registry import Handler, register
+from fxprune.core.rules.registry import Handler, aten, register
 
 
 class _Shape:
@@ -36,7 +36,8 @@ class _Shape:
         return len(self.shape)
 
 
-@register(operator.matmul, torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm", "__matmul__")
+@register(operator.matmul, torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm", "__matmul__",
+          *aten("matmul.default", "bmm.default", "mm.default"))
 class MatMul(Handler):
     """Matrix products of activations (and weights read by the graph)."""
 
@@ -54,24 +55,30 @@ def matmul(ctx: RuleContext):
     return matmul_layout(ctx, a, b, va.shape, vb.shape, ctx.out.shape)
 
 
-def matmul_layout(ctx: RuleContext, a, b, sa, sb, out_shape):
+def matmul_layout(ctx: RuleContext, a, b, sa, sb, out_shape, first: int = 0):
+    """The layout of ``a @ b``, where ``a`` is argument ``first`` of the node and ``b`` the next one.
+
+    A weight of the model read by the graph (``x @ W``, GPT-2's ``addmm(bias, x, W)``) gets
+    the roles of a linear layer's: its rows read the channels, its columns make new ones.
+    """
+    ctx.param_arg(first + 1, None, {len(sb) - 2: "in", len(sb) - 1: "out"} if len(sb) > 1 else {0: "in"})
     if len(sa) == 1 and len(sb) == 1:
         ctx.unify(a[0], b[0])
-        ctx.consume(0, 0)
+        ctx.consume(first, 0)
         return ()
     if len(sa) == 1:
         ctx.unify(a[0], b[-2])
-        ctx.consume(0, 0)
+        ctx.consume(first, 0)
         return tuple(b[:-2]) + (b[-1],)
     ctx.unify(a[-1], b[-2] if len(sb) > 1 else b[0])
-    ctx.consume(0, -1)
+    ctx.consume(first, -1)
     if len(sb) == 1:
         return tuple(a[:-1])
     batch = broadcast_layout(ctx, [(_Shape(sa[:-2]), a[:-2]), (_Shape(sb[:-2]), b[:-2])], tuple(out_shape[:-2]))
     return tuple(batch) + (a[-2], b[-1])
 
 
-@register(torch.addmm, torch.baddbmm, torch.addbmm, "addmm", "baddbmm")
+@register(torch.addmm, torch.baddbmm, torch.addbmm, "addmm", "baddbmm", *aten("addmm.default", "baddbmm.default"))
 class AddMatMul(Handler):
     """``bias + a @ b`` in one call."""
 
@@ -84,13 +91,14 @@ class AddMatMul(Handler):
 def add_matmul(ctx: RuleContext):
     bias, m1, m2 = ctx.layout(0), ctx.layout(1), ctx.layout(2)
     v1, v2 = ctx.arg(1), ctx.arg(2)
-    if ctx.node.target is torch.addbmm:
+    if ctx.op == "addbmm":
         return ctx.barrier("addbmm sums over the batch")
-    prod = matmul_layout(ctx, m1, m2, v1.shape, v2.shape, ctx.out.shape)
+    prod = matmul_layout(ctx, m1, m2, v1.shape, v2.shape, ctx.out.shape, first=1)
+    ctx.param_arg(0, None, {len(bias) - 1: "out"} if bias else {})
     return broadcast_layout(ctx, [(ctx.out, prod), (ctx.arg(0), bias)], ctx.out.shape)
 
 
-@register(torch.einsum, torch.functional.einsum)
+@register(torch.einsum, torch.functional.einsum, *aten("einsum.default"))
 class Einsum(Handler):
     """Products written as einsum equations."""
 
@@ -142,7 +150,7 @@ def _tie_letter(ctx, uses, size):
     return full[0]
 
 
-@register(F.scaled_dot_product_attention)
+@register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention.default"))
 class ScaledDotProductAttention(Handler):
     """``F.scaled_dot_product_attention``."""
 
@@ -155,8 +163,16 @@ class ScaledDotProductAttention(Handler):
         """A query whose head-dims lost channels keeps the scale it had: ``1 / sqrt(old head-dim)``."""
         q = node.args[0]
         old, new = sizes.old(q.name), sizes.new(q.name)
-        if old[-1] != new[-1] and node.kwargs.get("scale") is None:
+        if old[-1] == new[-1]:
+            return
+        if len(node.args) > _SCALE:
+            if node.args[_SCALE] is None:
+                node.args = node.args[:_SCALE] + (1.0 / math.sqrt(old[-1]),) + node.args[_SCALE + 1:]
+        elif node.kwargs.get("scale") is None:
             node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(old[-1])}
+
+_SCALE = 6  # the position of ``scale`` in (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
 
 def scaled_dot_product_attention(ctx: RuleContext):
     """q and k share their last dimension (consumed on q); v's last dimension passes through."""

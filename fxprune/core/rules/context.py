@@ -18,6 +18,18 @@ from torch.utils import _pytree as pytree
 from fxprune.core.atoms import AtomTable, Layout, empty_layout, has_atoms
 
 
+def op_name(target) -> str:
+    """What a node calls, as one name for its every form: ``"transpose"`` for the method
+    ``"transpose"``, ``torch.transpose`` and ``aten.transpose.int``."""
+    if isinstance(target, str):
+        return target
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:  # in place or not, the same op: add_ is add
+        name = packet.__name__
+        return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+    return getattr(target, "__name__", str(target))
+
+
 class RuleContext:
     """What a rule sees of one node: its values, its arguments' layouts, and the atom table."""
 
@@ -29,6 +41,11 @@ class RuleContext:
         self.out = out
         self.module = module
         self.atoms: AtomTable = flow.atoms
+
+    @property
+    def op(self) -> str:
+        """The op's name, the same for its method, function and ATen forms (see :func:`op_name`)."""
+        return op_name(self.node.target)
 
     # -- reading arguments ------------------------------------------------------------
     def arg(self, index: int, name: Optional[str] = None, default=None):

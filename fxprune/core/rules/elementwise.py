@@ -21,7 +21,7 @@ import torchvision
 from fxprune.core import functional
 from fxprune.core.atoms import empty_dim, has_atoms
 from fxprune.core.rules.context import RuleContext
-from fxprune.core.rules.registry import Handler, register, rule
+from fxprune.core.rules.registry import Handler, aten, register, rule
 
 _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -145,3 +145,43 @@ def prelu(ctx: RuleContext):
     if ctx.module.weight.numel() > 1:
         ctx.param("weight", roles={0: "channel"}, tie={0: lay[1]})
     return lay
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+register(*aten(
+    "silu.default", "silu_.default", "gelu.default", "gelu_.default", "sigmoid.default", "sigmoid_.default",
+    "tanh.default", "tanh_.default", "hardswish.default", "hardswish_.default", "hardsigmoid.default",
+    "hardsigmoid_.default", "hardtanh.default", "hardtanh_.default", "leaky_relu.default", "leaky_relu_.default",
+    "elu.default", "elu_.default", "mish.default", "mish_.default", "softplus.default", "neg.default",
+    "rsqrt.default", "sqrt.default", "exp.default", "log.default", "sin.default", "cos.default", "abs.default",
+    "erf.default", "sign.default", "reciprocal.default", "square.default", "floor.default", "ceil.default",
+    "round.default", "pow.Tensor_Scalar", "clamp.default", "clamp_min.default", "clamp_max.default",
+    "nan_to_num.default", "to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default",
+    "type_as.default", "zeros_like.default", "ones_like.default", "empty_like.default", "full_like.default",
+    "rand_like.default", "randn_like.default", "relu6.default", "log_sigmoid.default",
+))(Unary)
+register(*aten("relu.default", "relu_.default"))(ReLU)
+register(*aten("dropout.default", "feature_dropout.default", "feature_dropout_.default", "alpha_dropout.default",
+               "feature_alpha_dropout.default", "clone.default", "contiguous.default", "alias.default",
+               "detach.default", "detach_.default", "lift_fresh_copy.default"))(ScaleFree)
+rule(*aten(
+    "add.Tensor", "add_.Tensor", "add.Scalar", "sub.Tensor", "sub_.Tensor", "sub.Scalar", "rsub.Scalar",
+    "rsub.Tensor", "mul.Tensor", "mul_.Tensor", "mul.Scalar", "div.Tensor", "div_.Tensor", "div.Scalar",
+    "div.Tensor_mode", "where.self", "maximum.default", "minimum.default", "masked_fill.Scalar",
+    "masked_fill.Tensor", "masked_fill_.Scalar", "clamp.Tensor", "lerp.Scalar", "addcmul.default",
+    "addcdiv.default", "pow.Tensor_Tensor", "eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "lt.Scalar",
+    "lt.Tensor", "le.Scalar", "le.Tensor", "gt.Scalar", "gt.Tensor", "ge.Scalar", "ge.Tensor",
+    "logical_and.default", "logical_or.default", "logical_not.default", "__and__.Tensor", "__or__.Tensor",
+    "bitwise_and.Tensor", "bitwise_or.Tensor", "bitwise_not.default",
+))(broadcast)
+
+
+@register(*aten("arange.default", "arange.start", "arange.start_step", "linspace.default", "full.default",
+                "zeros.default", "ones.default", "empty.memory_format", "new_zeros.default", "new_ones.default",
+                "new_full.default", "new_empty.default", "scalar_tensor.default"))
+class Creation(Handler):
+    """A new tensor of given sizes: it reads only its input's dtype and device, never its channels."""
+
+    def flow(self, ctx: RuleContext):
+        return ctx.empty_out()

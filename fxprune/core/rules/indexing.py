@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fxprune.core.atoms import compact, empty_dim
 from fxprune.core.rules.context import RuleContext
 from fxprune.core.rules.movement import movement
-from fxprune.core.rules.registry import Handler, register, rule
+from fxprune.core.rules.registry import Handler, aten, register, rule
 from fxprune.core.tensors import tensor_at
 
 # -- joins and splits -------------------------------------------------------------------
@@ -87,7 +87,7 @@ class SizedSplit(Split):
 
 def split(ctx: RuleContext):
     x = ctx.layout(0)
-    name = ctx.node.target if isinstance(ctx.node.target, str) else ctx.node.target.__name__
+    name = ctx.op
     dim = ctx.arg(1 if name == "unbind" else 2, "dim", 0) % len(x)
     outs = []
     offset = 0
@@ -331,3 +331,56 @@ def _reindex(item, keep: np.ndarray, old_size: int):
     if step > 0 and np.array_equal(picked, np.arange(picked[0], picked[-1] + 1, step)):
         return slice(int(picked[0]), int(picked[-1]) + 1, step if step != 1 else None)
     return torch.as_tensor(picked)
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+rule(*aten("cat.default"))(cat)
+rule(*aten("stack.default"))(stack)
+register(*aten("unbind.int"))(Split)
+register(*aten("split.Tensor", "split_with_sizes.default", "chunk.default"))(SizedSplit)
+register(*aten("narrow.default"))(Narrow)
+register(*aten("select.int"))(Select)
+register(*aten("index_select.default"))(IndexSelect)
+rule(*aten("flip.default"))(flip)
+rule(*aten("roll.default"))(roll)
+rule(*aten("pad.default"))(pad)
+
+
+@register(*aten("slice.Tensor"))
+class Slice(Handler):
+    """``aten.slice(x, dim, start, end, step)``, what ``x[..., a:b:c]`` becomes under torch.export."""
+
+    def flow(self, ctx: RuleContext):
+        x = ctx.layout(0)
+        dim = ctx.arg(1, "dim", 0) % len(x)
+        return tuple(x[:dim]) + (x[dim][_slice_of(ctx.node.args, ctx.arg)],) + tuple(x[dim + 1:])
+
+    def resize_node(self, gm, node, sizes) -> None:
+        src = node.args[0]
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(sizes.old(src.name))
+        keep, old = sizes.keep(src.name, dim), sizes.old(src.name)[dim]
+        if keep.size == old:
+            return
+        bounds = _slice_of(node.args, lambda i, name=None, default=None: node.args[i] if i < len(node.args)
+                           else default)
+        if any(isinstance(b, torch.fx.Node) for b in (bounds.start, bounds.stop, bounds.step)):
+            return  # bounds computed at run time: propagation froze what could not follow them
+        picked = _reindex(bounds, keep, old)
+        if isinstance(picked, slice):
+            node.args = (src, dim, picked.start or 0, picked.stop, picked.step or 1)
+            node.kwargs = {}
+            return
+        name = f"{node.name}_index"  # the survivors are no longer evenly spaced: pick them
+        gm.register_buffer(name, picked.to(next(iter(gm.buffers()), picked).device))
+        with gm.graph.inserting_before(node):
+            index = gm.graph.get_attr(name)
+        node.target, node.args, node.kwargs = torch.ops.aten.index_select.default, (src, dim, index), {}
+
+
+def _slice_of(args, arg) -> slice:
+    """The Python slice an ``aten.slice`` call takes (its end may be a huge number, meaning "to the end")."""
+    start, end, step = arg(2, "start", None), arg(3, "end", None), arg(4, "step", 1)
+    if isinstance(end, int) and end >= 2**62:
+        end = None
+    return slice(start, end, step)

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fxprune.core.atoms import empty_dim, product
-from fxprune.core.rules.context import RuleContext
-from fxprune.core.rules.registry import Handler, register, rule
+from fxprune.core.rules.context import RuleContext, op_name
+from fxprune.core.rules.registry import Handler, aten, register, rule
 from fxprune.core.tensors import rescale
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -107,14 +107,24 @@ class ConvFunction(Handler):
     heavy = True
 
     def flow(self, ctx: RuleContext):
-        transposed = ctx.node.target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+        transposed = ctx.op.startswith("conv_transpose")
         w = ctx.param_arg(1, "weight", {1: "out", 0: "in"} if transposed else {0: "out", 1: "in"})
         b = ctx.param_arg(2, "bias", {0: "out"})
         groups = ctx.arg(6, "groups", 1)
         return conv_flow(ctx, w, b, groups, transposed, key=(ctx.arg_node(1, "weight"), "groups"))
 
+    def resize_node(self, gm, node, sizes) -> None:
+        """A grouped convolution's ``groups`` follows its input: new input channels over columns per group."""
+        groups_at = 6 if not op_name(node.target).startswith("conv_transpose") else None
+        if groups_at is None or len(node.args) <= groups_at or node.args[groups_at] == 1:
+            return
+        x, w = node.args[0], node.args[1]
+        if isinstance(x, torch.fx.Node) and isinstance(w, torch.fx.Node):
+            groups = sizes.new(x.name)[1] // max(1, sizes.new(w.name)[1])
+            node.args = node.args[:groups_at] + (groups,) + node.args[groups_at + 1:]
+
     def weight_positions(self, node, module, out_shape):
-        if node.target not in (F.conv1d, F.conv2d, F.conv3d):
+        if op_name(node.target).startswith("conv_transpose"):
             return {}
         return _functional_weight(node, _numel(out_shape) // max(1, out_shape[1]))
 
@@ -271,3 +281,23 @@ def _zeros_like_conv(x, conv: nn.modules.conv._ConvNd):
     if any(size <= 0 for size in spatial):
         return None
     return torch.zeros(*x.shape[:-n - 1], conv.out_channels, *spatial, dtype=x.dtype, device=x.device)
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+register(*aten("conv1d.default", "conv2d.default", "conv3d.default", "conv_transpose1d.default",
+               "conv_transpose2d.input", "conv_transpose3d.input"))(ConvFunction)
+register(*aten("linear.default"))(LinearFunction)
+
+
+@register(*aten("embedding.default"), F.embedding)
+class EmbeddingFunction(Handler):
+    """``F.embedding(ids, weight)`` and ``aten.embedding(weight, ids)``: the weight's columns are channels."""
+
+    def flow(self, ctx: RuleContext):
+        w_at, ids_at = (0, 1) if ctx.node.target is not F.embedding else (1, 0)
+        w = ctx.param_arg(w_at, "weight", {1: "out"})
+        if w is None:
+            return ctx.barrier("an embedding table that is not a tensor of the model")
+        ctx.freeze(w[0], "embedding rows are looked up by index")
+        return tuple(ctx.layout(ids_at, "input")) + (w[1],)

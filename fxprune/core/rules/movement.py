@@ -31,7 +31,7 @@ from torchvision.models import swin_transformer
 
 from fxprune.core.atoms import compact, empty_dim, has_atoms
 from fxprune.core.rules.context import RuleContext
-from fxprune.core.rules.registry import rule
+from fxprune.core.rules.registry import aten, rule
 
 _MOVEMENT_MODULES = (
     nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
@@ -247,3 +247,15 @@ class Slots:
         if self.rows is None:
             return empty_dim(self.size)
         return compact(self.rows)
+
+
+rule(*aten(
+    "view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "unflatten.int",
+    "permute.default", "transpose.int", "t.default", "squeeze.default", "squeeze.dim", "squeeze.dims",
+    "unsqueeze.default", "expand.default", "repeat.default", "cat.default", "stack.default", "split.Tensor",
+    "split_with_sizes.default", "chunk.default", "unbind.int", "narrow.default", "select.int", "slice.Tensor",
+    "index_select.default", "index.Tensor", "flip.default", "roll.default", "gather.default", "pixel_shuffle.default",
+    "pixel_unshuffle.default", "channel_shuffle.default", "native_channel_shuffle.default", "pad.default",
+    "constant_pad_nd.default", "unfold.default", "movedim.int", "tile.default", "repeat_interleave.self_int",
+    "diagonal.default", "take_along_dim.default", "meshgrid.indexing", "meshgrid.default",
+), fallback=True)(movement)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fxprune.core.rules.context import RuleContext
 from fxprune.core.rules.layers import scale_weight_and_bias
-from fxprune.core.rules.registry import Handler, register, rule
+from fxprune.core.rules.registry import Handler, aten, register, rule
 from fxprune.core.tensors import rescale
 
 _BATCH_NORM_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
@@ -146,8 +146,26 @@ def channel_mixing_norm(ctx: RuleContext):
     if ctx.node.target is F.normalize:
         dim = ctx.arg(2, "dim", 1)
         ctx.freeze(x[dim], "F.normalize divides by the norm over these channels")
-    elif ctx.node.target is F.group_norm:
+    elif ctx.op == "group_norm":
         ctx.freeze(x[1], "GroupNorm normalises across these channels")
     else:
         ctx.freeze(x[1], f"{type(ctx.module).__name__ if ctx.module else 'it'} normalises across these channels")
     return x
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+@rule(*aten("batch_norm.default", "instance_norm.default"))
+def aten_batch_norm(ctx: RuleContext):
+    """``aten.batch_norm(input, weight, bias, running_mean, running_var, ...)`` (and instance norm):
+    every per-channel tensor is tied to dimension 1."""
+    x = ctx.layout(0, "input")
+    for i in range(1, 5):
+        p = ctx.param_arg(i, None, {0: "channel"})
+        if p is not None and len(p) == 1:
+            ctx.unify(x[1], p[0])
+    return x
+
+
+rule(*aten("layer_norm.default", "rms_norm.default"))(layer_norm)
+rule(*aten("group_norm.default"))(channel_mixing_norm)

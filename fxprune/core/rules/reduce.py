@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fxprune.core.atoms import empty_dim
 from fxprune.core.rules.context import RuleContext
-from fxprune.core.rules.registry import rule
+from fxprune.core.rules.registry import aten, rule
 
 _POOL_MODULES = {
     1: (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d),
@@ -73,6 +73,13 @@ _REDUCTIONS = {
 }
 
 
+_REDUCTIONS.update({op: linear for name, linear in (
+    ("sum.dim_IntList", True), ("sum.default", True), ("mean.dim", False), ("mean.default", False),
+    ("amax.default", False), ("amin.default", False), ("max.dim", False), ("min.dim", False),
+    ("logsumexp.default", False), ("prod.dim_int", False), ("nansum.default", True),
+) for op in aten(name)})
+
+
 @rule(*_REDUCTIONS)
 def reduction(ctx: RuleContext):
     """A reduction over some dimensions; ``max``/``min`` with a dim also return indices."""
@@ -80,11 +87,11 @@ def reduction(ctx: RuleContext):
     if x is None:
         return ctx.empty_out()
     dim = ctx.arg(1, "dim")
-    if isinstance(dim, torch.Tensor) or (ctx.node.target in ("max", "min", torch.max, torch.min)
+    if isinstance(dim, torch.Tensor) or (ctx.op in ("max", "min")
                                          and dim is not None and not isinstance(dim, int)):
         return ctx.barrier("element-wise max or min of two tensors is not a reduction")
     keepdim = bool(ctx.arg(2, "keepdim", False)) if not isinstance(ctx.arg(2), torch.dtype) else False
-    if ctx.node.target in (torch.norm, "norm"):
+    if ctx.op == "norm":
         dim = ctx.arg(2, "dim")
         keepdim = bool(ctx.arg(3, "keepdim", False))
     reduced = _dims(dim, len(x))
@@ -125,3 +132,17 @@ def glu(ctx: RuleContext):
     half = x[dim].shape[0] // 2
     ctx.unify(x[dim][:half], x[dim][half:])
     return tuple(x[d] if d != dim else x[dim][:half] for d in range(len(x)))
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+for _n in (1, 2, 3):
+    rule(*aten(f"max_pool{_n}d.default", f"avg_pool{_n}d.default", f"adaptive_avg_pool{_n}d.default",
+               f"adaptive_max_pool{_n}d.default", f"max_pool{_n}d_with_indices.default",
+               f"_adaptive_avg_pool{_n}d.default", f"lp_pool{_n}d.default"))(_spatial_rule(_n))
+rule(*aten("upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec", "upsample_bilinear2d.vec",
+           "upsample_bicubic2d.vec", "upsample_linear1d.vec", "upsample_trilinear3d.vec", "grid_sampler.default",
+           ))(resample)
+rule(*aten("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "cumsum.default",
+           "cumprod.default"))(along_one_dim)
+rule(*aten("glu.default"))(glu)

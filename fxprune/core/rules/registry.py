@@ -178,6 +178,25 @@ def _table_of(key: Key) -> dict:
     return _FUNCTIONS
 
 
+def aten(*names: str) -> list:
+    """The ATen overloads named (``"relu.default"``, ``"add.Tensor"``) that this torch has.
+
+    torch.export records calls as ATen overloads; handlers register them beside the torch
+    functions they stand for.
+
+    Example:
+        >>> aten("relu.default", "no_such_op.default") == [torch.ops.aten.relu.default]
+        True
+    """
+    found = []
+    for name in names:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(torch.ops.aten, packet, None), overload or "default", None)
+        if op is not None:
+            found.append(op)
+    return found
+
+
 def rule(*keys: Key, fallback: bool = False) -> Callable[[Callable], Callable]:
     """Register a flow function as the whole handler of ``keys`` (see :class:`FlowRule`).
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from fxprune.core.atoms import empty_dim, has_atoms
 from fxprune.core.rules.context import RuleContext
 from fxprune.core.rules.movement import movement, output_layout
-from fxprune.core.rules.registry import Handler, register, rule
+from fxprune.core.rules.registry import Handler, aten, register, rule
 
 # -- reshapes ---------------------------------------------------------------------------
 
@@ -115,8 +115,7 @@ def reorder(ctx: RuleContext):
     v = ctx.arg(0, "input")
     nd = v.dim()
     order = np.arange(nd)
-    target = ctx.node.target
-    name = target if isinstance(target, str) else target.__name__
+    name = ctx.op
     rest = [a for a in list(ctx.args[1:]) + list(ctx.kwargs.values())]
     if name == "permute":
         dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
@@ -162,7 +161,7 @@ def expand(ctx: RuleContext):
 def repeat(ctx: RuleContext):
     x = ctx.layout(0)
     v = ctx.arg(0)
-    reps = ctx.args[1:] if ctx.node.target == "repeat" else (ctx.arg(1, "dims"),)
+    reps = ctx.args[1:] if ctx.node.target == "repeat" else (ctx.arg(1, "dims"),)  # the method takes *sizes
     if len(reps) == 1 and isinstance(reps[0], (tuple, list)):
         reps = tuple(reps[0])
     nd = ctx.out.dim()
@@ -239,3 +238,14 @@ def _size_read(node: torch.fx.Node):
         if whole is not None and whole[1] is None and isinstance(node.args[1], int):
             return (whole[0], node.args[1])
     return None
+
+
+# -- what torch.export records -------------------------------------------------------------
+
+register(*aten("flatten.using_ints", "unflatten.int", "squeeze.default", "squeeze.dim", "squeeze.dims",
+               "unsqueeze.default"))(Reshape)
+register(*aten("view.default", "reshape.default", "_unsafe_view.default"))(SizedReshape)
+register(*aten("permute.default", "transpose.int", "t.default", "movedim.int", "swapaxes.default",
+               "swapdims.default"))(Reorder)
+register(*aten("expand.default"))(SizedExpand)
+rule(*aten("repeat.default"))(repeat)
