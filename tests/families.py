@@ -118,14 +118,14 @@ def timm_tf_efficientnetv2_s() -> Family:
 
 
 def raft_small() -> Family:
-    """Optical flow between two images, three refinement steps."""
+    """Optical flow between two images, two refinement steps."""
     import torchvision
 
     model = torchvision.models.optical_flow.raft_small(weights=None).eval()
 
     def pair(batch):
         first = _images(batch, 3, 128, 128)[0]
-        return ExampleInputs((first, first.roll(3, dims=3)), {"num_flow_updates": 3})
+        return ExampleInputs((first, first.roll(3, dims=3)), {"num_flow_updates": 2})
 
     return Family(model, pair(2), [pair(3)])
 

@@ -199,7 +199,8 @@ def _export_error(model: nn.Module, error: Exception) -> TraceError:
 def _user_frame(error: Exception) -> Optional[traceback.FrameSummary]:
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
-        if not any(part in frame.filename for part in _TORCH_FILES) and "fxprune" not in frame.filename:
+        if not any(part in frame.filename for part in _TORCH_FILES) and "fxprune" not in frame.filename \
+                and not frame.filename.startswith("<"):
             return frame
     return None  # the construct is in library code: "Caused by" names its line
 
