@@ -45,7 +45,7 @@ def test_inspect_reads_torchvision_specs(capsys):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("resnet18", "write it as torchvision:NAME, timm:NAME or package.module:function"),
+    ("resnet18", "write it as torchvision:NAME, timm:NAME, hf:CLASS, yolo:YAML or package.module:function"),
     ("torchvision:resnet_nope", "torchvision.models.list_models()"),
     ("no_such_package.models:build", "cannot import 'no_such_package.models'"),
     ("fxprune.demo.cifar_resnet:no_such_function", "has no 'no_such_function'"),
@@ -53,6 +53,35 @@ def test_inspect_reads_torchvision_specs(capsys):
 def test_bad_model_specs_say_what_to_write(spec, message, capsys):
     assert main(["inspect", spec]) == 2
     assert message in capsys.readouterr().err
+
+
+LLAMA = ["--config", "hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,"
+                     "num_key_value_heads=2,vocab_size=100"]
+
+
+def test_inspect_builds_hugging_face_models_from_a_config_and_captures_them_with_export(capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", "hf:LlamaForCausalLM", *LLAMA, "--tokens", "1,8"]) == 0
+    out = capsys.readouterr().out
+    assert "at input (1, 8), captured with torch.export" in out
+    assert "model.layers.0.self_attn.k_proj.weight" in out and "model.layers.1.mlp.down_proj.weight" in out
+
+
+def test_prune_saves_a_token_model_that_loads_and_takes_other_lengths(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "llama.pt2"
+    assert main(["prune", "hf:LlamaForCausalLM", *LLAMA, "--tokens", "1,8", "--out", str(out), "--no-progress"]) == 0
+    assert "pruned 5" in capsys.readouterr().out  # about half of the MACs
+    model = export.load(out)
+    logits = model(input_ids=torch.randint(0, 100, (3, 11)), attention_mask=torch.ones(3, 11, dtype=torch.long),
+                   use_cache=False).logits
+    assert logits.shape == (3, 11, 100)
+
+
+def test_inspect_builds_yolo_from_its_bundled_yaml(capsys):
+    pytest.importorskip("ultralytics")
+    assert main(["inspect", "yolo:yolov8n.yaml", "--input-shape", "3,64,64"]) == 0
+    assert "captured with torch.export" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")

@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -44,10 +46,28 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _settings(text: str) -> dict:
+    settings = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE,..., got {item!r}")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return settings
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="torchvision:NAME, timm:NAME or package.module:function")
+    parser.add_argument("model", metavar="MODEL",
+                        help="torchvision:NAME, timm:NAME, hf:CLASS, yolo:YAML or package.module:function")
     parser.add_argument("--input-shape", type=_shape, default=(3, 224, 224), metavar="C,H,W",
                         help="one input's shape without the batch (default 3,224,224)")
+    parser.add_argument("--tokens", type=_shape, metavar="BATCH,LENGTH",
+                        help="example token inputs instead of an image (input_ids and attention_mask)")
+    parser.add_argument("--config", type=_settings, default={}, metavar="KEY=VALUE,...",
+                        help="hf: the model config's entries, e.g. hidden_size=64,num_hidden_layers=2")
     parser.add_argument("--num-classes", type=int, help="passed to the model's constructor")
     parser.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...); downloads")
     parser.add_argument("--checkpoint", type=Path, help="a state dict to load (read with weights_only=True)")
@@ -99,7 +119,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _model(args):
     from fxprune.cli.model_names import build_model
 
-    return build_model(args.model, num_classes=args.num_classes, weights=args.weights, checkpoint=args.checkpoint)
+    return build_model(args.model, num_classes=args.num_classes, weights=args.weights, checkpoint=args.checkpoint,
+                       config=args.config)
+
+
+def _example(args, model):
+    """The example inputs: random token ids (vocabulary from the model's config) or one random image."""
+    if args.tokens is None:
+        return torch.randn(1, *args.input_shape)
+    if len(args.tokens) != 2:
+        raise FxPruneError(f"--tokens takes BATCH,LENGTH, got {args.tokens}", hint="for example --tokens 1,16")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 100)
+    inputs = {"input_ids": torch.randint(0, vocab, args.tokens), "attention_mask": torch.ones(args.tokens,
+                                                                                              dtype=torch.long)}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        inputs["use_cache"] = False  # a cache object is not a tensor: no graph can return it
+    return inputs
 
 
 def cmd_inspect(args) -> int:
@@ -108,11 +143,13 @@ def cmd_inspect(args) -> int:
     from fxprune.report.count import count
 
     model = _model(args).eval()
-    example = torch.randn(1, *args.input_shape)
+    example = _example(args, model)
     pm = prepare(model, example)
     cost = count(model, example)
     summary = report.summary(pm)
-    print(f"{args.model}: {cost.macs:,} MACs, {cost.params:,} parameters at input {tuple(example.shape)}")
+    shape = args.tokens or (1, *args.input_shape)
+    print(f"{args.model}: {cost.macs:,} MACs, {cost.params:,} parameters at input {tuple(shape)}, "
+          f"captured with {'torch.export' if summary['capture'] == 'export' else 'torch.fx'}")
     print(f"{summary['groups']} channel groups ({summary['channels']} channels), {summary['branches']} removable "
           f"branches, {100 * summary['prunable_share']:.1f}% of filters prunable\n")
     print("Channel groups (each is pruned as one: a channel goes from every producer and consumer)")
@@ -143,7 +180,7 @@ def cmd_prune(args) -> int:
         print(f"data: {args.data}: {len(train_split[1])} training, {len(test_split[1])} test images, "
               f"{len(classes)} classes")
     model = _model(args)
-    example = torch.randn(1, *args.input_shape)
+    example = _example(args, model)
     outcome = prune_model(model, example, args.method, args.target_macs, train, test, num_classes=num_classes,
                           epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
                           progress=not args.no_progress)

@@ -1,10 +1,14 @@
-"""Model specs of the command line: ``torchvision:NAME``, ``timm:NAME``, ``package.module:function``.
+"""Model specs of the command line: ``torchvision:NAME``, ``timm:NAME``, ``hf:CLASS``, ``yolo:YAML``,
+``package.module:function``.
 
 Nothing here unpickles: torchvision weights and ``--checkpoint`` files are read with
-``torch.load(weights_only=True)``, which restores tensors and plain containers only.
+``torch.load(weights_only=True)``, which restores tensors and plain containers only. Hugging
+Face and ultralytics models are built from a config or a bundled yaml, with random weights.
 
     torchvision:resnet18            torchvision.models.get_model("resnet18")
     timm:resnet50                   timm.create_model("resnet50")        (when timm is installed)
+    hf:LlamaForCausalLM             transformers.LlamaForCausalLM(LlamaConfig(**config))
+    yolo:yolov8n.yaml               ultralytics DetectionModel("yolov8n.yaml")
     mypackage.models:build_net      mypackage.models.build_net()         (your own code)
 
 Example:
@@ -26,16 +30,18 @@ from torch import nn
 
 from fxprune.errors import FxPruneError
 
-_FORMS = "torchvision:NAME, timm:NAME or package.module:function"
+_FORMS = "torchvision:NAME, timm:NAME, hf:CLASS, yolo:YAML or package.module:function"
 
 
 def build_model(spec: str, num_classes: Optional[int] = None, weights: Optional[str] = None,
-                checkpoint: Optional[os.PathLike] = None) -> nn.Module:
+                checkpoint: Optional[os.PathLike] = None, config: Optional[dict] = None) -> nn.Module:
     """The model a spec names, optionally with weights.
 
     Args:
-        spec: ``torchvision:NAME``, ``timm:NAME`` or ``package.module:function``.
+        spec: ``torchvision:NAME``, ``timm:NAME``, ``hf:CLASS``, ``yolo:YAML`` or
+            ``package.module:function``.
         num_classes: passed to the constructor when given.
+        config: for ``hf:`` specs, the config's entries (sizes, numbers of layers and heads).
         weights: for ``torchvision:`` specs, a weights name (``DEFAULT``, ``IMAGENET1K_V1``);
             downloaded by torch.hub and loaded with ``weights_only=True``.
         checkpoint: a state dict (or a dict with a ``"model"`` state dict, as
@@ -52,6 +58,11 @@ def build_model(spec: str, num_classes: Optional[int] = None, weights: Optional[
         model = _torchvision(name, kwargs, weights)
     elif kind == "timm":
         model = _timm(name, kwargs, weights)
+    elif kind in ("hf", "yolo"):
+        if weights is not None:
+            raise FxPruneError(f"--weights applies to torchvision models only; {kind}: models have random weights",
+                               hint="load trained weights with --checkpoint FILE (a state dict)")
+        model = _hf(name, dict(config or {}), num_classes) if kind == "hf" else _yolo(name, num_classes)
     else:
         if weights is not None:
             raise FxPruneError("--weights applies to torchvision models only", hint="use --checkpoint FILE")
@@ -93,6 +104,37 @@ def _timm(name: str, kwargs: dict, weights: Optional[str]) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as e:
         raise FxPruneError(f"timm cannot build {name!r}: {e}", hint="see timm.list_models()") from e
+
+
+def _package(name: str, pip: str):
+    if importlib.util.find_spec(name) is None:
+        raise FxPruneError(f"this model spec needs the {pip} package, which is not installed",
+                           hint=f"pip install {pip}, or use torchvision:NAME or package.module:function")
+    return importlib.import_module(name)
+
+
+def _hf(name: str, config: dict, num_classes: Optional[int]) -> nn.Module:
+    transformers = _package("transformers", "transformers")
+    model_class = getattr(transformers, name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)
+            and getattr(model_class, "config_class", None) is not None):
+        raise FxPruneError(f"transformers has no model class {name!r}",
+                           hint="name a class with a config, e.g. hf:LlamaForCausalLM or hf:BertModel")
+    if num_classes is not None:
+        config.setdefault("num_labels", num_classes)
+    try:
+        return model_class(model_class.config_class(**config))
+    except (TypeError, ValueError) as e:
+        raise FxPruneError(f"cannot build {name} from its config: {e}", hint="check --config KEY=VALUE,...") from e
+
+
+def _yolo(name: str, num_classes: Optional[int]) -> nn.Module:
+    _package("ultralytics", "ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(name, nc=num_classes, verbose=False)
+    model.model[-1].dynamic = True  # the detection head's anchors follow the input size, as ultralytics' export does
+    return model
 
 
 def _user_function(module_name: str, function_name: str, kwargs: dict) -> nn.Module:

@@ -33,6 +33,8 @@ from typing import Optional
 
 import torch
 
+from fxprune.core.ir import ExampleInputs
+from fxprune.core.prepare.export import at_least_two, dynamic_shape_choices
 from fxprune.core.tensors import eval_mode
 from fxprune.errors import EquivalenceError, FxPruneError
 from fxprune.export import archive
@@ -41,20 +43,7 @@ METADATA = "fxprune.json"
 
 
 def _as_tuple(example_inputs) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
-def _batch_of_two(inputs: tuple) -> tuple:
-    """torch.export specialises a batch of 1; a batch of 2 lets the batch dimension stay dynamic."""
-    return tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 1 else t
-                 for t in inputs)
-
-
-def _dynamic_shapes(inputs: tuple, dynamic_batch: bool):
-    if not dynamic_batch:
-        return None
-    batch = torch.export.Dim("batch", min=1)
-    return tuple({0: batch} if isinstance(t, torch.Tensor) and t.dim() else None for t in inputs)
+    return ExampleInputs.of(example_inputs).args
 
 
 def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
@@ -62,22 +51,29 @@ def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool =
 
     Args:
         model: a finalized model (any exportable module works); its mode is restored after.
-        example_inputs: a tensor or a tuple of tensors, first dimension the batch.
-        dynamic_batch: let the exported program accept any batch size.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs, first
+            dimension the batch.
+        dynamic_batch: let the exported program accept any batch size (and token inputs any length,
+            where the model allows it).
 
     Returns:
         The ``ExportedProgram``.
     """
-    inputs = _batch_of_two(_as_tuple(example_inputs)) if dynamic_batch else _as_tuple(example_inputs)
-    try:
-        with torch.no_grad(), eval_mode(model):
-            return torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(inputs, dynamic_batch))
-    except Exception as e:
+    example = ExampleInputs.of(example_inputs)
+    args, kwargs = (at_least_two(example.args), at_least_two(example.kwargs)) if dynamic_batch else \
+        (example.args, example.kwargs)
+    error = None
+    with torch.no_grad(), eval_mode(model):
         if not dynamic_batch:
-            raise
-        raise FxPruneError(f"torch.export could not keep the batch dimension dynamic: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}",
-                           hint="pass dynamic_batch=False to export for the example's batch size only") from e
+            return torch.export.export(model, args, kwargs)
+        for dynamic_shapes in list(dynamic_shape_choices(model, args, kwargs))[:-1]:  # the last one: none
+            try:
+                return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes)
+            except Exception as e:  # the next choice keeps fewer dimensions dynamic
+                error = e
+    raise FxPruneError(f"torch.export could not keep the batch dimension dynamic: {type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''}",
+                       hint="pass dynamic_batch=False to export for the example's batch size only") from error
 
 
 def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_batch: bool = True,
@@ -100,9 +96,16 @@ def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_b
         raise FxPruneError(f"the file name must end in .pt2, got {path.name}", hint=f"use {path.stem}.pt2")
     program = export_program(model, example_inputs, dynamic_batch)
     meta = dict(metadata or {})
-    meta.setdefault("input_shapes", [list(t.shape) for t in _as_tuple(example_inputs) if isinstance(t, torch.Tensor)])
+    example = ExampleInputs.of(example_inputs)
+    leaves = torch.utils._pytree.tree_leaves((example.args, example.kwargs))
+    meta.setdefault("input_shapes", [list(t.shape) for t in leaves if isinstance(t, torch.Tensor)])
     meta.setdefault("dynamic_batch", dynamic_batch)
     meta.setdefault("torch_version", torch.__version__)
+    # torch.export stores checks of the input sizes (a length limit, say) as Python code that loading
+    # would compile; load() never runs code from a file, so they are kept as text only
+    meta.setdefault("input_checks", list(getattr(program, "_guards_code", None) or []))
+    if getattr(program, "_guards_code", None):
+        program._guards_code = []
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path), extra_files={METADATA: json.dumps(meta)})
     return path

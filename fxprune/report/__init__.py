@@ -139,9 +139,11 @@ def dependency_graph(pm) -> nx.Graph:
 
 
 def summary(pm) -> dict:
-    """Counts for a prepared model: groups, channels, branches, barriers, prunable share."""
+    """Counts for a prepared model: groups, channels, branches, barriers, prunable share; how it was captured."""
     state = state_of(pm)
     return {
+        "capture": state.capture,
+        "dynamic": dict(state.dynamic),
         "groups": len(state.index.groups),
         "channels": int(sum(g.size for g in state.index.groups)),
         "branches": len(state.branches),

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from tabulate import tabulate
 
+from fxprune.core.ir import ExampleInputs
 from fxprune.core.tensors import eval_mode
 from fxprune.errors import FxPruneError
 from fxprune.report.count import count
@@ -49,14 +50,14 @@ def latency_ms(model: torch.nn.Module, example_inputs, repeats: int = 30, warmup
     Returns:
         The median over ``repeats`` runs.
     """
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    example = ExampleInputs.of(example_inputs)
     with eval_mode(model):
         for _ in range(warmup):
-            model(*inputs)
+            example(model)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            model(*inputs)
+            example(model)
             times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
 

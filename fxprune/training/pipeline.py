@@ -78,7 +78,7 @@ def prune_model(model: torch.nn.Module, example: torch.Tensor, method: str, targ
                            hint="pass --data DIR (train/ and test/ with one folder per class), or use --method l1")
     history: list = []
     stats = [measure("original", model, example, test)]
-    pm = prepare(model, example[:1])
+    pm = prepare(model, example[:1] if isinstance(example, torch.Tensor) else example)
     if method == "l1":
         scores = relative_to_group(pm, channel_importance(pm, "l1"))
         reduction = prune_to_macs(pm, target, scores).reduction

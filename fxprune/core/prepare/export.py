@@ -59,11 +59,11 @@ def capture_with_export(model: nn.Module, args: tuple, kwargs: dict, config: Pru
     root = copy_module(model)
     probe = copy_module(model)  # what export runs: its Python may store tracing values on the modules
     modes = {name: m.training for name, m in root.named_modules()}
-    export_args, export_kwargs = _at_least_two(args), _at_least_two(kwargs)
+    export_args, export_kwargs = at_least_two(args), at_least_two(kwargs)
     program = None
     with eval_mode(probe), _quiet():
         error = None
-        for dynamic_shapes in _dynamic_candidates(probe, export_args, export_kwargs, config):
+        for dynamic_shapes in dynamic_shape_choices(probe, export_args, export_kwargs, config):
             try:
                 program = torch.export.export(probe, export_args, export_kwargs, dynamic_shapes=dynamic_shapes,
                                               strict=False)
@@ -101,10 +101,10 @@ def _draft(root: nn.Module, program) -> Draft:
     return draft_over(root, graph)
 
 
-def _dynamic_candidates(root: nn.Module, args: tuple, kwargs: dict, config: PruneConfig):
+def dynamic_shape_choices(root: nn.Module, args: tuple, kwargs: dict, config: Optional[PruneConfig] = None):
     """The ``dynamic_shapes`` to try in turn: batch and sequence named, then torch.export's own
     choice (``Dim.AUTO``, which keeps what it can), then the batch alone, then none."""
-    if config.dynamic_shapes is not None:
+    if config is not None and config.dynamic_shapes is not None:
         yield config.dynamic_shapes
         return
     names = _input_names(root, args, kwargs)
@@ -147,7 +147,7 @@ def _input_names(root: nn.Module, args: tuple, kwargs: dict) -> list:
     return [(params[i] if i < len(params) else f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
 
 
-def _at_least_two(values):
+def at_least_two(values):
     """The inputs with a batch of one repeated to two (torch.export specialises a size of one)."""
     def two(t):
         if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 1:
