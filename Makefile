@@ -1,5 +1,6 @@
 # The README's two commands. Each sets itself up from nothing (a virtual environment in
-# .venv with fxprune installed in it) and is safe to run again.
+# .venv with fxprune installed in it, with the optional model packages the tests build from
+# configs) and is safe to run again.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,bench,export]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,bench,export,models]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,7 +1,13 @@
 import os
 
-import torch
-from hypothesis import HealthCheck, settings
+# the optional model packages must never reach for the network: models are built from configs
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # deadline=None: shapes and models vary a lot in cost. "ci" is derandomized so CI is repeatable.
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True,
