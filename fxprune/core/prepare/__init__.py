@@ -36,7 +36,7 @@ from fxprune.errors import FxPruneError
 
 
 def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[PruneConfig] = None) -> torch.fx.GraphModule:
-    """Trace ``model``, find its coupled channels and insert masks and gates (all 1).
+    """Capture ``model``, find its coupled channels and insert masks and gates (all 1).
 
     The result computes exactly what ``model`` computes. Setting entries of
     ``pm.fxprune.masks[...]`` or ``pm.fxprune.gates[...]`` to zero switches channels or
