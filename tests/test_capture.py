@@ -127,3 +127,46 @@ def test_a_model_neither_capture_takes_gets_a_clear_error():
 def test_an_unknown_capture_is_refused():
     with pytest.raises(fxprune.FxPruneError, match="capture='jit'"):
         fxprune.prepare(nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4), fxprune.PruneConfig(capture="jit"))
+
+
+def test_an_input_of_a_size_the_export_did_not_keep_dynamic_is_refused_not_miscomputed():
+    model = randomize(Lengthwise().eval())
+    pm = fxprune.prepare(model, torch.randn(2, 3, 8, 8))  # width 8 takes the branch through self.b
+    zero_channels(pm, 0.5)
+    small = assert_finalized_equals_masked(pm)
+    for m in (pm, small):
+        with pytest.raises(AssertionError, match="Guard failed"):
+            m(torch.randn(2, 3, 8, 2))  # at width 2 the model itself would skip self.b
+
+
+class Scaled(nn.Module):
+    """A module whose forward takes an argument beside its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, scale: float = 1.0):
+        return self.conv(x) * scale
+
+
+class CallsScaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.scaled, self.head = nn.Conv2d(3, 4, 1), Scaled(), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.scaled(self.stem(x), scale=3.0))
+
+
+def test_a_module_called_with_more_than_its_input_is_not_lifted(monkeypatch):
+    from fxprune.core.rules import registry
+    from fxprune.core.rules.elementwise import Unary
+
+    monkeypatch.setitem(registry._MODULES, Scaled, Unary())  # a handler, so lifting is considered
+    model = randomize(CallsScaled().eval())
+    x = torch.randn(2, 3, 4, 4)
+    pm = fxprune.prepare(model, x, fxprune.PruneConfig(capture="export"))
+    assert not any(n.op == "call_module" and n.target == "scaled" for n in pm.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model(x))  # scale=3.0 kept

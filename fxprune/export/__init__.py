@@ -42,8 +42,11 @@ from fxprune.export import archive
 METADATA = "fxprune.json"
 
 
-def _as_tuple(example_inputs) -> tuple:
-    return ExampleInputs.of(example_inputs).args
+def _tensors(value) -> list:
+    """The tensors of a nested value (an :class:`ExampleInputs`, a model's outputs), in order."""
+    if isinstance(value, ExampleInputs):
+        value = (value.args, value.kwargs)
+    return [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def export_program(model: torch.nn.Module, example_inputs, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
@@ -83,7 +86,8 @@ def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_b
     Args:
         model: usually ``fxprune.finalize(pm)``.
         path: the file to write; should end in ``.pt2``.
-        example_inputs: inputs to trace with (a tensor or a tuple of tensors).
+        example_inputs: inputs to trace with: a tensor, a tuple of positional inputs or a dict
+            of keyword inputs.
         dynamic_batch: accept any batch size when loaded.
         metadata: JSON-serialisable facts stored beside the model (read them with
             :func:`read_metadata`); the input shapes are added.
@@ -96,9 +100,7 @@ def save(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynamic_b
         raise FxPruneError(f"the file name must end in .pt2, got {path.name}", hint=f"use {path.stem}.pt2")
     program = export_program(model, example_inputs, dynamic_batch)
     meta = dict(metadata or {})
-    example = ExampleInputs.of(example_inputs)
-    leaves = torch.utils._pytree.tree_leaves((example.args, example.kwargs))
-    meta.setdefault("input_shapes", [list(t.shape) for t in leaves if isinstance(t, torch.Tensor)])
+    meta.setdefault("input_shapes", [list(t.shape) for t in _tensors(ExampleInputs.of(example_inputs))])
     meta.setdefault("dynamic_batch", dynamic_batch)
     meta.setdefault("torch_version", torch.__version__)
     # torch.export stores checks of the input sizes (a length limit, say) as Python code that loading
@@ -115,7 +117,7 @@ def load_program(path: os.PathLike) -> torch.export.ExportedProgram:
     """The checked ``ExportedProgram`` in a ``.pt2`` file (see :mod:`fxprune.export.archive`).
 
     Raises:
-        fxprune.archive.UnsafeArchiveError: the file holds pickled payloads, compiled
+        fxprune.export.archive.UnsafeArchiveError: the file holds pickled payloads, compiled
             code, guard code, unusual shape expressions or non-operator calls.
     """
     data = Path(path).read_bytes()
@@ -164,14 +166,15 @@ def to_onnx(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynami
     Args:
         model: usually ``fxprune.finalize(pm)``.
         path: the ``.onnx`` file to write.
-        example_inputs: a tensor or a tuple of tensors.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
         dynamic_batch: a symbolic batch dimension in the ONNX graph.
         opset: the ONNX opset; the exporter's default when None.
         verify: run the file with onnxruntime on ``example_inputs`` (when installed) and
             raise :class:`~fxprune.errors.EquivalenceError` if it disagrees with ``model``.
 
     Returns:
-        ``path``. Inputs are named ``input0, input1, ...``, outputs ``output0, ...``.
+        ``path``. Its inputs are the example's tensors, positional ones first, named ``input0,
+        input1, ...``; non-tensor inputs are constants of the file.
     """
     if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
         raise FxPruneError("ONNX export needs the onnx and onnxscript packages",
@@ -179,12 +182,13 @@ def to_onnx(model: torch.nn.Module, path: os.PathLike, example_inputs, *, dynami
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, example_inputs, dynamic_batch)
-    inputs = _as_tuple(example_inputs)
-    onnx_program = torch.onnx.export(program, inputs, dynamo=True, external_data=False, opset_version=opset,
-                                     input_names=[f"input{i}" for i in range(len(inputs))], verbose=False)
+    example = ExampleInputs.of(example_inputs)
+    names = [f"input{i}" for i in range(len(_tensors(example)))]
+    onnx_program = torch.onnx.export(program, example.args, kwargs=example.kwargs, dynamo=True, external_data=False,
+                                     opset_version=opset, input_names=names, verbose=False)
     onnx_program.save(str(path), external_data=False)
     if verify and importlib.util.find_spec("onnxruntime") is not None:
-        error = onnx_difference(path, model, inputs)
+        error = onnx_difference(path, model, example)
         if error > 1e-4:
             raise EquivalenceError(f"onnxruntime's outputs differ from the model's by {error:.3g}",
                                    hint="report this with the model; export with opset=... or dynamic_batch=False")
@@ -202,9 +206,9 @@ def run_onnx(path: os.PathLike, *inputs: torch.Tensor) -> list:
 
 def onnx_difference(path: os.PathLike, model: torch.nn.Module, example_inputs) -> float:
     """Largest absolute difference between onnxruntime's outputs and ``model``'s (eval mode)."""
-    inputs = _as_tuple(example_inputs)
+    example = ExampleInputs.of(example_inputs)
     with torch.no_grad(), eval_mode(model):
-        expected = model(*inputs)
-    expected = [expected] if isinstance(expected, torch.Tensor) else list(torch.utils._pytree.tree_leaves(expected))
-    got = run_onnx(path, *inputs)
+        expected = example(model)
+    expected = _tensors(expected)
+    got = run_onnx(path, *_tensors(example))
     return max(float((e - g).abs().max()) for e, g in zip(expected, got))

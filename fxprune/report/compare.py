@@ -43,7 +43,7 @@ def latency_ms(model: torch.nn.Module, example_inputs, repeats: int = 30, warmup
 
     Args:
         model: any module; put in eval mode for the measurement and restored after.
-        example_inputs: a tensor or a tuple of tensors.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
         repeats: timed runs (the median is returned).
         warmup: untimed runs first.
 

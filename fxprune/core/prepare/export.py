@@ -18,7 +18,7 @@ the same pass. Three things differ from symbolic tracing, and are dealt with her
 Example:
     >>> gm, dims = capture_with_export(model, (), {"input_ids": ids}, PruneConfig())   # doctest: +SKIP
     >>> dims                                                                         # doctest: +SKIP
-    {'input_ids': {0: 'batch', 1: 'seq'}}
+    {'input_ids': [0, 1], 'attention_mask': [0, 1]}
 """
 
 from __future__ import annotations
@@ -86,13 +86,15 @@ def _draft(root: nn.Module, program) -> Draft:
 
     The graph reads the model's parameters and buffers by their names, which ``root`` has;
     any other tensor it reads (constants export lifted out of the code, tensors the model
-    keeps as plain attributes) is the value export recorded.
+    keeps as plain attributes) is the value export recorded. torch.export's check of the input
+    sizes stays: an input of a size the graph did not keep dynamic is refused, not computed
+    along the branch the example took.
     """
     unlifted = program.module()
     graph = unlifted.graph
-    for node in list(graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn":  # shape guards of the example's sizes
-            graph.erase_node(node)
+    for node in graph.nodes:
+        if node.op == "call_module" and not hasattr(root, node.target):  # torch.export's checks of input sizes
+            root.add_module(node.target, unlifted.get_submodule(node.target))
     own = {name for name, _ in root.named_parameters(remove_duplicate=False)} | \
         {name for name, _ in root.named_buffers(remove_duplicate=False)}
     for node in graph.nodes:
@@ -108,6 +110,8 @@ def dynamic_shape_choices(root: nn.Module, args: tuple, kwargs: dict, config: Op
         yield config.dynamic_shapes
         return
     names = _input_names(root, args, kwargs)
+    first = next((v for _, v in names if isinstance(v, torch.Tensor) and v.dim() >= 1), None)
+    batch_size = first.shape[0] if first is not None else None
     batch, seq = Dim("batch"), Dim("seq")
     for choice in ("named", "auto", "batch", "static"):
         spec = []
@@ -116,7 +120,7 @@ def dynamic_shape_choices(root: nn.Module, args: tuple, kwargs: dict, config: Op
                 spec.append(pytree.tree_map(lambda _: None, value))
                 continue
             d = {}
-            if value.dim() >= 1 and choice != "static":
+            if value.dim() >= 1 and value.shape[0] == batch_size and choice != "static":
                 d[0] = Dim.AUTO if choice == "auto" else batch
                 if choice in ("named", "auto") and _is_tokens(value):
                     d[1] = Dim.AUTO if choice == "auto" else seq
@@ -148,13 +152,16 @@ def _input_names(root: nn.Module, args: tuple, kwargs: dict) -> list:
 
 
 def at_least_two(values):
-    """The inputs with a batch of one repeated to two (torch.export specialises a size of one)."""
-    def two(t):
-        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 1:
-            return torch.cat([t, t])
-        return t
+    """The inputs with a batch of one repeated to two (torch.export specialises a size of one).
 
-    return pytree.tree_map(two, values)
+    The batch is the first dimension of the first tensor input; other tensors are repeated
+    only where that batch is one and theirs is too.
+    """
+    tensors = [t for t in pytree.tree_leaves(values) if isinstance(t, torch.Tensor) and t.dim() >= 1]
+    if not tensors or tensors[0].shape[0] != 1:
+        return values
+    return pytree.tree_map(lambda t: torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() >= 1
+                           and t.shape[0] == 1 else t, values)
 
 
 def _about_dynamic_sizes(error: Exception) -> bool:

@@ -4,7 +4,7 @@ torch.export records the ATen ops a module's forward ran (``aten.conv2d(x, w, b)
 weights of ``layer1.0.conv1``), and marks each with the stack of modules that called it
 (``node.meta["nn_module_stack"]``). Where the ops of one module call form a region with
 one input and one output, reading no weights but the module's own, and the module has a
-handler, the region becomes ``call_module`` again:
+handler and a forward of one argument, the region becomes ``call_module`` again:
 
     w = get_attr layer1.0.conv1.weight
     y = aten.conv2d(x, w, None, ...)        ->     y = call_module layer1.0.conv1 (x)
@@ -43,7 +43,7 @@ def lift_modules(gm: torch.fx.GraphModule) -> int:
     for key, run in _module_runs(gm.graph):
         path = run[0].meta[STACK][key][0]
         module = _submodule(gm, path)
-        if module is None or module_handler(module) is None or _required_inputs(module) != 1:
+        if module is None or module_handler(module) is None or not _takes_one_input(module):
             continue
         region = _single_entry_exit(gm, run, module)
         if region is None:
@@ -83,14 +83,15 @@ def _submodule(gm: torch.fx.GraphModule, path: str):
         return None
 
 
-def _required_inputs(module: nn.Module) -> int:
-    """How many arguments the module's forward requires."""
+def _takes_one_input(module: nn.Module) -> bool:
+    """Whether the module's forward takes exactly one argument: then the region's one input is all it
+    was called with (a further argument, even one with a default, may have been passed and baked in)."""
     try:
-        params = inspect.signature(module.forward).parameters.values()
+        params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
-        return -1
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(1 for p in params if p.kind in kinds and p.default is inspect.Parameter.empty)
+        return False
+    return len(params) == 1 and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _single_entry_exit(gm: torch.fx.GraphModule, run: list, module: nn.Module):
