@@ -38,14 +38,14 @@ or the ``.tar.gz`` (extracted once into ``--scratch``, never into the repository
 is downloaded. ``--seeds`` runs every row once per seed (the method epochs' shuffling and
 augmentation, the row's torch seed; the dense starting point is shared, or with ``--dense-per-seed``
 trained once per seed) and the table gives the mean, the spread and the mean gap to the dense row of
-the same seed: one run moves a row by a few tenths of a point, and one dense start the whole table by
-about half a point. Results go to ``--out/MODEL``: ``seedN/results.json`` per seed, and over the
-seeds ``summary.json``, ``table.md`` and ``accuracy_vs_macs.png``; finished rows are reused when
-the command is run again (``--fresh`` to redo them all, ``--redo METHOD ...`` to redo some).
+the same seed, since a row varies from run to run and the dense start moves the whole table.
+Results go to ``--out/MODEL``: ``seedN/results.json`` per seed, and over the seeds ``summary.json``,
+``table.md`` and ``accuracy_vs_macs.png``; finished rows are reused when the command is run again
+(``--fresh`` to redo them all, ``--redo METHOD ...`` to redo some).
 
-Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for six rows, about
-an hour for ResNet-20 on 2 idle CPU cores) and ``full`` (160 dense + 80 per method, 40 sparse: for a
-GPU, ``--device cuda``; batches are still augmented on the CPU, then moved)::
+Protocols: ``quick`` (6 dense + 4 per method, 1 of them sparse: 30 epochs for six rows, for a
+CPU) and ``full`` (160 dense + 80 per method, 40 sparse: for a GPU, ``--device cuda``; batches
+are still augmented on the CPU, then moved)::
 
     python benchmarks/cifar10.py --data DIR --model resnet20 --protocol full --device cuda --seeds 0 1 2 \
         --dense-per-seed

@@ -15,7 +15,7 @@ horizontal flip) and normalisation are fxprune's :class:`~fxprune.training.data.
 
 Example::
 
-    root = extract_archive("/work/shared/data/cifar10-jpg.tar.gz", "/tmp/fxprune-data")
+    root = extract_archive("../shared/data/cifar10-jpg.tar.gz", "/tmp/fxprune-data")
     train, test = cifar10_loaders(root, batch_size=128, seed=0)
     for x, y in train:  # x float32 (128, 3, 32, 32), normalised; y int64
         ...

@@ -7,17 +7,16 @@ the per-epoch figures as JSON and prints a table.
 
 Usage::
 
-    python benchmarks/cifar_dense_probe.py --data /work/shared/data/cifar10-jpg.tar.gz \\
+    python benchmarks/cifar_dense_probe.py --data ../shared/data/cifar10-jpg.tar.gz \\
         --model resnet20 --epochs 15 --out /tmp/fxprune-probe/resnet20-15.json
 
 ``--data`` is an image-folder root, a torchvision CIFAR-10 root, or the
 ``.tar.gz`` (extracted once to ``--scratch``, never into the repository).
 
 OpenMP threads sleep rather than spin between parallel regions here
-(``OMP_WAIT_POLICY=PASSIVE`` unless already set): on a 2-core machine shared
-with one other busy process, spinning threads made ResNet-20 training 5x
-slower (40 against 203 img/s, measured). Set ``OMP_WAIT_POLICY=ACTIVE`` to
-compare.
+(``OMP_WAIT_POLICY=PASSIVE`` unless already set): on a machine shared with
+other busy processes, spinning threads slow training down. Set
+``OMP_WAIT_POLICY=ACTIVE`` to compare.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ against the masked model (relative to the largest output). Weights are random bu
 informative (:func:`fxprune.testing.randomize`); inputs are the smallest each model
 accepts (at least 32 pixels).
 
-    python benchmarks/coverage.py --out out/coverage          # all 80 classifiers
+    python benchmarks/coverage.py --out out/coverage          # every classifier
     python benchmarks/coverage.py resnet18 vit_b_16            # a few
 
 Writes ``coverage.json`` and ``coverage.md`` (a table) into ``--out``.

@@ -36,13 +36,12 @@ without their auxiliary heads, and for ViTs Torch-Pruning gets what its own torc
 example gives it (``round_to`` = heads, ``hidden_dim`` set after pruning). Where a
 dimension is groups x channels per group (grouped convolutions: regnet, resnext) or
 heads x head-dims (attention), fxprune removes half the groups or heads and keeps each
-one's width (since 9c574c6); how Torch-Pruning shares the cut is its own.
+one's width; how Torch-Pruning shares the cut is its own.
 
 Every model runs in a subprocess of its own (``--one``) with a timeout, and Torch-Pruning
 within it with ``--tp-timeout`` (it does not finish on Swin). Each library first prunes a
 small resnet18, untimed, so that the process's one-time costs fall on neither. A timed batch of more than
-``--max-gmacs`` (batch x GMACs per image) is skipped and the skip recorded: with the
-default 1000, batch 32 of the nine largest models. Memory is the resident set size
+``--max-gmacs`` (batch x GMACs per image) is skipped and the skip recorded. Memory is the resident set size
 sampled every 10 ms from /proc/self/statm while a library prunes, less the size when it
 started (fxprune's includes the two copies it makes: it never changes its input;
 Torch-Pruning prunes its copy in place); ``max_rss_mb`` is the subprocess's peak.

@@ -4,10 +4,12 @@
     fxprune prune torchvision:resnet18 --method l1 --target-macs 0.5 --out small.pt2
     fxprune prune fxprune.demo.cifar_resnet:small_resnet --input-shape 3,32,32 --method epfs \\
         --target-macs 0.5 --data DIR --out small.pt2 --onnx small.onnx --report report.html
-    fxprune demo                      # about five minutes on two CPU cores, no download
+    fxprune demo                      # generated images, no download
 
-MODEL is ``torchvision:NAME``, ``timm:NAME`` (when timm is installed) or
-``package.module:function`` for your own code. Nothing read is unpickled: weights and
+MODEL is ``torchvision:NAME``, ``timm:NAME`` (when timm is installed), ``hf:CLASS`` (a
+transformers class built from ``--config``), ``yolo:FILE.yaml`` (an ultralytics detector) or
+``package.module:function`` for your own code (see :mod:`fxprune.cli.model_names`); ``--tokens
+BATCH,LENGTH`` gives token models their example inputs. Nothing read is unpickled: weights and
 checkpoints load with ``torch.load(weights_only=True)``, and the pruned model is written
 with :func:`fxprune.export.save` (a ``.pt2`` that :func:`fxprune.export.load` opens).
 

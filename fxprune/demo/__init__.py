@@ -10,7 +10,8 @@ loop follows:
 
 Output folder (default ``out/demo``): ``demo.png`` (test accuracy over the three
 phases, channels kept per layer), ``report.html`` (self-contained per-layer report),
-``small.pt2`` (the pruned model; ``fxprune.export.load`` opens it) and ``table.md``.
+``small.pt2`` (the pruned model; ``fxprune.export.load`` opens it), ``table.md`` and
+``result.json`` (every figure it prints, with its config and the machine).
 
 Example:
     >>> result = run_demo("out/demo-quick", config=QUICK, progress=False, echo=lambda *a: None)  # doctest: +SKIP
@@ -45,7 +46,7 @@ from fxprune.training.phases import train_phase
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and hyperparameters of the demo; the defaults take about five minutes on two CPU cores.
+    """Sizes and hyperparameters of the demo (the defaults are what ``fxprune demo`` runs).
 
     Args:
         train_size, test_size: synthetic images (with ``--data``: images per class, at most).

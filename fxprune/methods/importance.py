@@ -158,8 +158,7 @@ def _local_counts(index, ratio: float, skip: set, round_to: Optional[int]) -> tu
     index one dimension together as outer and inner factors (the groups and the channels
     per group of a grouped convolution, heads and head-dims), the outer factor loses
     ``ratio`` and the inner ones nothing: whole groups and heads go, each kept one keeps
-    its width, the shape fast kernels are written for (a pruned RegNet or ResNeXt runs
-    faster than with every group narrowed: README, the zoo), and the dimension still
+    its width, the shape fast kernels are written for, and the dimension still
     shrinks by ``ratio``; ``round_to`` then counts the channels of the kept groups (see
     :func:`_step`). A group that is outer in one dimension and inner in another (a channel
     shuffle swaps them), or whose outer factor is ignored, shares instead: each of the

@@ -19,7 +19,7 @@ from fxprune.core.ir import state_of
 
 
 def channel_groups(pm) -> list:
-    """The :class:`~fxprune.core.prepare.group.ChannelGroup` s of a prepared model, in order."""
+    """The :class:`~fxprune.core.ir.ChannelGroup` s of a prepared model, in order."""
     return list(state_of(pm).index.groups)
 
 

@@ -12,7 +12,7 @@ of its size, horizontal flip) and normalises whole batches; an epoch's batches d
 only on ``(seed, epoch)``, so :class:`fxprune.training.Trainer` resumes exactly.
 
 Example:
-    >>> from fxprune.shapes import make_shapes
+    >>> from fxprune.demo.shapes import make_shapes
     >>> batches = ImageBatches(*make_shapes(64), batch_size=32, augment=False)
     >>> x, y = next(iter(batches)); x.dtype, tuple(x.shape), len(batches)
     (torch.float32, (32, 3, 32, 32), 2)
@@ -149,7 +149,7 @@ def write_image_folder(root: os.PathLike, split: str, images: torch.Tensor, labe
     """Write uint8 images as ``root/<split>/<class>/<index>.png`` (the layout :func:`load_image_folder` reads).
 
     Example:
-        >>> from fxprune.shapes import make_shapes, CLASSES
+        >>> from fxprune.demo.shapes import make_shapes, CLASSES
         >>> import tempfile
         >>> root = tempfile.mkdtemp()
         >>> _ = write_image_folder(root, "test", *make_shapes(20), CLASSES)

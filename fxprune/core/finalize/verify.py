@@ -46,7 +46,7 @@ def ieee_float32():
 
     cuDNN convolutions default to TF32 (a 10-bit mantissa): the masked and the finalized
     model then differ by about 1e-4 relative from rounding alone, which the float32
-    tolerance would report as a bug (seen on an H100 with a CIFAR ResNet-20).
+    tolerance would report as a bug.
     """
     if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
         settings = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),
