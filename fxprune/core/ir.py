@@ -206,7 +206,8 @@ class PruneState:
         config: the :class:`~fxprune.config.PruneConfig` used.
         barriers: ops whose channels were frozen, and why.
         shapes: node name -> output shape(s) before pruning.
-        approximate: nodes pruned approximately (LayerNorms, with ``approximate_norms``).
+        approximate: nodes pruned approximately (LayerNorms, with ``approximate_norms``), each with the
+            number of trailing dimensions it normalises over.
     """
 
     index: object
@@ -216,7 +217,7 @@ class PruneState:
     config: PruneConfig
     barriers: list = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
-    approximate: list = field(default_factory=list)
+    approximate: dict = field(default_factory=dict)
 
 
 def state_of(model) -> PruneState:
