@@ -53,3 +53,20 @@ def _is_mlp_hidden(name: str, layer: str) -> bool:
 def _is_attention_input(layer: str) -> bool:
     """The q/k/v projections: their rows are heads x head-dims."""
     return layer.endswith(("in_proj_weight", "attn.qkv.weight", "to_qkv.weight"))
+
+
+@pytest.mark.zoo
+def test_swin3d_t_prunes_exactly():
+    """Regression: prepare raised TypeError "'immutable_list' object does not support mutation" because
+    propagation handed torchvision's _get_window_and_shift_size the node's own (immutable) list of window
+    sizes, which it edits in place; the generated code builds a fresh list at every call."""
+    torch.manual_seed(0)
+    model = randomize(torchvision.models.video.swin3d_t().eval())
+    x = torch.randn(1, 3, 4, 32, 32)
+    pm = fxprune.prepare(model, x)
+    rows = {r.layer: r for r in fxprune.report.layer_rows(pm)}
+    hidden = [r for layer, r in rows.items() if layer.endswith("mlp.0.weight")]
+    assert hidden and all(r.prunable == r.channels for r in hidden), fxprune.report.frozen_table(pm)
+    zero_channels(pm, 0.5, seed=1)
+    small = assert_finalized_equals_masked(pm)
+    assert fxprune.count(small, x).macs < fxprune.count(model, x).macs

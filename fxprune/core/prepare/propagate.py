@@ -87,6 +87,16 @@ class ChannelFlow(torch.fx.Interpreter):
         return self
 
     # -- interpretation -----------------------------------------------------------------
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> tuple:
+        """The node's arguments with its values filled in, in fresh mutable lists and dicts.
+
+        FX keeps a node's arguments in immutable lists; the module's generated code builds a new
+        list at every call instead, and some callees edit theirs in place (torchvision's
+        ``_get_window_and_shift_size`` in swin3d). They get a copy of their own, as in the model.
+        """
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _mutable(args), _mutable(kwargs)
+
     def run_node(self, n: torch.fx.Node) -> Any:
         module = self.submodule(n.target) if n.op == "call_module" else None
         handler = lookup(n, module) if n.op in ("call_module", "call_function", "call_method") else None
@@ -247,6 +257,17 @@ class ChannelFlow(torch.fx.Interpreter):
     def note_approximate(self, node: torch.fx.Node, dims) -> None:
         """Record that ``node`` normalises over its last ``len(dims)`` dimensions, whose channels may be pruned."""
         self.approximate[node.name] = len(dims)
+
+
+def _mutable(value):
+    """``value`` with every list and dict in it (FX's immutable ones included) copied into a plain one."""
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    return value
 
 
 def _shape_of(v):
