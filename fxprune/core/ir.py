@@ -189,6 +189,13 @@ class Plan:
         return int(self.keep(cids).size)
 
 
+# -- nodes finalize adds --------------------------------------------------------------------
+
+#: ``node.meta`` key of a node finalize inserts in place of a mask or gate (``x * scale``): the name of
+#: the prepared node whose output it has the shape and layout of, for the stages after it
+SAME_LAYOUT = "fxprune_same_layout_as"
+
+
 # -- the state a prepared model carries -----------------------------------------------------
 
 ATTR = "fxprune_state"
