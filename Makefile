@@ -20,12 +20,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check fxprune tests benchmarks
 	$(VENV)/bin/python -m pytest -q
 
-# The long property run: FUZZ_EXAMPLES random CNNs, then a quarter as many token models.
+# The long property run: FUZZ_EXAMPLES random CNNs, then a quarter as many token models, from a
+# fresh seed that it prints first (FUZZ_SEED=N replays a run); the record goes to out/fuzz.json.
 FUZZ_EXAMPLES ?= 10000
+FUZZ_SEED ?=
 
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz FXPRUNE_PROPERTY_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q \
-		-p no:cacheprovider --hypothesis-show-statistics tests/test_property.py
+	$(VENV)/bin/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED)) \
+		--out out/fuzz.json
 
 zoo-table: $(STAMP)
 	$(VENV)/bin/python benchmarks/coverage.py --out out/coverage

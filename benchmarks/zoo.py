@@ -212,11 +212,11 @@ def measure_fxprune(model, x, round_to, record) -> dict:
                     mask.fill_(1.0)
             fxprune.prune_by_importance(pm, RATIO, importance="l1", scope="local", round_to=round_to)
             rounded = fxprune.finalize(pm)
-        except Exception as e:  # the unrounded result stands
-            fx["round_to"]["error"] = f"{type(e).__name__}: {e}"[:500]
+        except Exception as e:  # the unrounded result stands; the failure is reported (summary, table, log)
+            fx["round_to"].update(ok=False, error=f"{type(e).__name__}: {e}"[:500])
             return models
         after = fxprune.count(rounded, x)
-        fx["round_to"].update(equivalence_error=rounded.fxprune_equivalence_error, macs_after=after.macs,
+        fx["round_to"].update(ok=True, equivalence_error=rounded.fxprune_equivalence_error, macs_after=after.macs,
                               params_after=after.params)
         models[f"fxprune_round{round_to}"] = rounded
     return models
@@ -592,6 +592,7 @@ def main(argv=None) -> int:
         speedups = "; ".join(f"b{b} " + " ".join(f"{k} {v:.2f}" for k, v in by.items())
                              for b, by in r.get("speedup", {}).items())
         print(f"{name}: {r.get('failure', 'ok')} | fxprune {status(r.get('fxprune', {}), 'equivalence_error')}"
+              f" | round_to {status(r.get('fxprune', {}).get('round_to', {}), 'equivalence_error')}"
               f" | TP {status(r.get('tp', {}), 'masked_error')} | speed-up {speedups or '-'}", flush=True)
     meta = run_meta(args, batches=args.batches, max_gmacs=args.max_gmacs)
     if _tp_installed():

@@ -80,13 +80,15 @@ def table(rows: list, large: int) -> str:
         s1, s32 = r["speedup"].get("1", {}), r["speedup"].get(str(large), {})
         e32 = r["efficiency"].get(str(large), {})
         round_key = next((k for k in s32 if k.startswith("fxprune_round")), None)
+        rounded = "round_to failed" if _round_to_error(r) else "-"
+        skipped_note = "; round_to failed" if _round_to_error(r) else ""
         body.append([
             r["model"] + (" *" if r.get("failure") else ""), r["input"][-1], status(fx, "equivalence_error"),
             status(tp, "masked_error") if tp else "-", " / ".join(kept),
             f"{_fmt(fx.get('total_s'), '.1f')} / {_fmt(tp.get('total_s'), '.1f')}",
             f"{_fmt(s1.get('fxprune'), '.2f')} / {_fmt(s1.get('tp'), '.2f')}",
-            f"{_fmt(s32.get('fxprune'), '.2f')} / {_fmt(s32.get(round_key), '.2f')} / {_fmt(s32.get('tp'), '.2f')}"
-            if s32 else r["latency_skipped"].get(str(large), "-")[:30],
+            f"{_fmt(s32.get('fxprune'), '.2f')} / {_fmt(s32.get(round_key), '.2f', rounded)} / "
+            f"{_fmt(s32.get('tp'), '.2f')}" if s32 else r["latency_skipped"].get(str(large), "-")[:30] + skipped_note,
             f"{_fmt(e32.get('fxprune'), '.2f')} / {_fmt(e32.get('tp'), '.2f')}" if e32 else "-",
             f"{_fmt(fx.get('peak_extra_mb'), '.0f')} / {_fmt(tp.get('peak_extra_mb'), '.0f')}",
         ])
@@ -137,7 +139,14 @@ def summary(rows: list, large: int) -> dict:
         "round_to_gain": {b: _median([r["speedup"][b][round_label] / r["speedup"][b]["fxprune"] for r in done
                                       if round_label in r["speedup"].get(b, {})]) for b in ("1", key)},
         "latency_skipped": {r["model"]: r["latency_skipped"] for r in done if r["latency_skipped"]},
+        "round_to_fails": {r["model"]: _round_to_error(r) for r in done if _round_to_error(r)},
     }
+
+
+def _round_to_error(r) -> str:
+    """Why pruning again with ``round_to`` failed ("" where it did not, or was not tried)."""
+    rounded = r.get("fxprune", {}).get("round_to", {})
+    return rounded.get("error", "") if rounded.get("ok") is False else ""
 
 
 def _tp_reason(tp: dict) -> str:
@@ -181,6 +190,8 @@ def summary_text(s: dict, large: int) -> str:
     ]
     skipped = [f"{m} (b{', b'.join(sk)})" for m, sk in s["latency_skipped"].items()]
     lines.append(f"- latency not measured (--max-gmacs): {', '.join(skipped) or 'none'}")
+    lines.append("- round_to fails on: " + ("; ".join(f"{m} ({why[:100]})" for m, why in s["round_to_fails"].items())
+                                           or "none"))
     if s["failures"]:
         lines.append("- crashed or timed out: " + "; ".join(f"{m}: {why[:100]}" for m, why in s["failures"].items()))
     return "\n".join(lines)

@@ -20,8 +20,9 @@ class PruneConfig:
             not understand, instead of freezing the channels it touches.
         approximate_norms: let channels normalised by a LayerNorm be pruned. Removing a
             channel then changes the normalisation of the others, so the finalized model
-            only approximates the masked one and finalize's exactness check is relaxed
-            to a warning for those outputs.
+            only approximates the masked one: finalize's exactness check is relaxed to a
+            warning, naming the norms, for the outputs computed from a norm that lost
+            channels; every other output is checked as usual.
         gate_branches: put a removable gate on every residual branch (``y = a + g * f(x)``).
         min_branch_params: a branch needs at least this many parameters to get a gate.
         capture: how the model becomes a graph: ``"fx"`` (``torch.fx`` symbolic tracing),

@@ -45,38 +45,70 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def zero_channels(pm, fraction: float = 0.5, seed: int = 0, gates: bool = False) -> int:
-    """Zero a random ``fraction`` of every group's mask (never all of a group). Returns how many."""
+def zero_channels(pm, fraction: float = 0.5, seed: int = 0, gates: bool = False, kept=None,
+                  removed: float = 0.0) -> int:
+    """Switch off a random ``fraction`` of every group's mask (at least one channel, never all of a
+    group), and with ``gates`` each gate with probability ``fraction``. Returns how many.
+
+    Args:
+        kept: ``(low, high)``: give the channels and gates that stay random values in that range, as
+            sparse training leaves them (finalize folds them into the weights); None leaves them.
+        removed: the entries switched off get random magnitudes up to this (finalize removes them
+            with ``threshold >= removed``); 0 zeroes them.
+    """
     gen = torch.Generator().manual_seed(seed)
+
+    def off(n: int) -> torch.Tensor:
+        return removed * torch.rand(n, generator=gen) if removed else torch.zeros(n)
+
     zeroed = 0
     with torch.no_grad():
         for mask in pm.fxprune.masks.values():
             n = mask.numel()
-            k = min(int(round(fraction * n)), n - 1)
+            if kept is not None:
+                mask.copy_(kept[0] + (kept[1] - kept[0]) * torch.rand(n, generator=gen))
+            k = min(max(1, int(round(fraction * n))), n - 1)
             if k > 0:
-                mask[torch.randperm(n, generator=gen)[:k]] = 0
+                mask[torch.randperm(n, generator=gen)[:k]] = off(k).to(mask.dtype)
                 zeroed += k
         if gates:
             for gate in pm.fxprune.gates.values():
+                if kept is not None:
+                    gate.fill_(float(kept[0] + (kept[1] - kept[0]) * torch.rand((), generator=gen)))
                 if torch.rand((), generator=gen) < fraction:
-                    gate.zero_()
+                    gate.fill_(float(off(1)))
                     zeroed += 1
     return zeroed
 
 
-def outputs(model, inputs):
-    model.eval()
-    with torch.no_grad():
-        out = ExampleInputs.of(inputs)(model)
+def outputs(model, inputs, train: bool = False):
+    """The model's output tensors on ``inputs`` (a tensor, a tuple of positional inputs, a dict of keyword
+    inputs), without gradients; in eval mode, or with ``train`` in train mode (batch statistics), its
+    buffers (running statistics) restored afterwards."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()} if train else {}
+    model.train(train)
+    try:
+        with torch.no_grad():
+            out = ExampleInputs.of(inputs)(model)
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        model.eval()
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def assert_finalized_equals_masked(pm, inputs=None, threshold: float = 0.0, rtol: float = 1e-4, atol: float = 1e-5):
+def assert_finalized_equals_masked(pm, inputs=None, threshold: float = 0.0, rtol: float = 1e-4, atol: float = 1e-5,
+                                   more_inputs=(), train: bool = False):
     """finalize(pm) computes what pm computes with its zeroed masks; shapes shrank where masked.
 
     Args:
         pm: a prepared model with some masks or gates set.
         inputs: inputs to compare on (default: those prepare recorded).
+        threshold: finalize's threshold: mask entries and gates at or below it count as zero.
+        more_inputs: further input tuples to compare on (finalize checks only the example inputs).
+        train: compare in train mode as well (BatchNorm on batch statistics).
 
     Returns:
         The finalized model.
@@ -86,14 +118,16 @@ def assert_finalized_equals_masked(pm, inputs=None, threshold: float = 0.0, rtol
     finalized.graph.lint()
     assert not any(type(m).__module__.startswith("fxprune") for m in finalized.modules()), "fxprune module left"
     assert not hasattr(finalized, "fxprune"), "mask bank left in the finalized model"
-    with ieee_float32():  # no TF32 on CUDA: its rounding alone exceeds rtol
-        with thresholded(pm, threshold):  # the masked model: masks at or below the threshold count as zero
-            expected = outputs(pm, inputs)
-        got = outputs(finalized, inputs)
-    assert len(expected) == len(got)
-    for e, g in zip(expected, got):
-        scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
-        torch.testing.assert_close(g, e, rtol=rtol, atol=atol * scale)
+    for each, mode in [(x, False) for x in (inputs, *more_inputs)] + ([(inputs, True)] if train else []):
+        with ieee_float32():  # no TF32 on CUDA: its rounding alone exceeds rtol
+            with thresholded(pm, threshold):  # the masked model: masks at or below the threshold count as zero
+                expected = outputs(pm, each, train=mode)
+            got = outputs(finalized, each, train=mode)
+        assert len(expected) == len(got)
+        for e, g in zip(expected, got):
+            scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+            torch.testing.assert_close(g, e, rtol=rtol, atol=atol * scale,
+                                       msg=lambda m, mode=mode: f"in {'train' if mode else 'eval'} mode: {m}")
     zeroed = sum(int((m.abs() <= threshold).sum()) for m in pm.fxprune.masks.values())
     gated = sum(int(g.abs() <= threshold) for g in pm.fxprune.gates.values())
     before = sum(p.numel() for n, p in pm.named_parameters() if not n.startswith("fxprune."))

@@ -28,6 +28,16 @@ class Arch:
     size: int
     head: str             # "pool" or "flatten"
     classes: int
+    second_input: int = 0  # channels of a second image input (tensor 1), or 0 for none
+
+    @property
+    def input_shapes(self) -> list:
+        """(channels, size) of each input: the first tensors the steps read."""
+        return [(self.in_channels, self.size)] + ([(self.second_input, self.size)] if self.second_input else [])
+
+    def inputs(self, seed: int, batch: int = 2) -> tuple:
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(batch, c, s, s, generator=gen) for c, s in self.input_shapes)
 
 
 class RandomNet(nn.Module):
@@ -35,7 +45,8 @@ class RandomNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.layers = nn.ModuleDict()
-        shapes = [(arch.in_channels, arch.size)]
+        shapes = arch.input_shapes
+        first = len(shapes)  # step i makes tensor first + i
         for i, step in enumerate(arch.steps):
             kind = step[0]
             if kind == "conv":
@@ -62,18 +73,22 @@ class RandomNet(nn.Module):
         # residual adds written 'a += b', as ResNets do, wherever nothing reads a afterwards, nor
         # anything that may share a's memory (chunks, slices and shuffles are views of their
         # source, as prepare sees them); otherwise the eager model would see the sum there and
-        # prepare refuses it
+        # prepare refuses it. Nor into a chunk's output or what shares its memory: PyTorch's autograd
+        # refuses to modify in place a view made by an op that returns several (the fuzzing of
+        # issue 32 drew chunk, conv, chunk, then 'a += b' into that chunk: the model itself raised)
         read = [{s for s in step[1:3] if isinstance(s, int)} if step[0] in ("add", "cat") else {step[1]}
                 for step in arch.steps]
         memory = UnionFind()  # tensor indices that may share memory
         for i, step in enumerate(arch.steps):
             if step[0] in ("chunk", "slice", "shuffle"):
-                memory.union(i + 1, step[1])
+                memory.union(first + i, step[1])
+        chunked = {memory[first + i] for i, step in enumerate(arch.steps) if step[0] == "chunk"}
         self.in_place = {i for i, step in enumerate(arch.steps) if step[0] == "add"
+                         and memory[step[1]] not in chunked
                          and not any(memory[t] == memory[step[1]] for r in read[i + 1:] for t in r)}
 
-    def forward(self, x):
-        ts = [x]
+    def forward(self, x, y=None):
+        ts = [x, y][:len(self.arch.input_shapes)]
         for i, step in enumerate(self.arch.steps):
             kind = step[0]
             if kind == "conv":
@@ -126,11 +141,17 @@ def _shape_after(step, shapes):
 def architectures(draw, max_steps: int = 8):
     in_channels = draw(st.integers(1, 4))
     size = draw(st.sampled_from([4, 6, 8]))
-    shapes = [(in_channels, size)]
-    steps = []
-    for _ in range(draw(st.integers(1, max_steps))):
+    second_input = draw(st.sampled_from([0, 0, 0, 1, 3]))
+    shapes = [(in_channels, size)] + ([(second_input, size)] if second_input else [])
+    # a stem convolution of at least two channels, and sources drawn (and shrunk) towards the latest
+    # tensor: without them about half the draws had nothing to prune (one channel, or every channel
+    # tied to an input, which is never pruned)
+    steps = [("conv", 0, draw(st.integers(2, 12)), draw(st.sampled_from([1, 3])), 1, draw(st.booleans()),
+              draw(st.sampled_from(sorted(ACTS))))]
+    shapes.append((steps[0][2], size))
+    for _ in range(draw(st.integers(0, max_steps - 1))):
         kind = draw(st.sampled_from(["conv", "conv", "conv", "add", "cat", "chunk", "slice", "shuffle", "se", "pool"]))
-        src = draw(st.integers(0, len(shapes) - 1))
+        src = len(shapes) - 1 - draw(st.integers(0, len(shapes) - 1))
         c, s = shapes[src]
         step = None
         if kind == "conv":
@@ -163,7 +184,7 @@ def architectures(draw, max_steps: int = 8):
         shapes.append(_shape_after(step, shapes) if step[0] not in ("conv", "se") else
                       ((step[2], s) if step[0] == "conv" else (c, s)))
     head = draw(st.sampled_from(["pool", "flatten"]))
-    return Arch(tuple(steps), in_channels, size, head, draw(st.integers(1, 5)))
+    return Arch(tuple(steps), in_channels, size, head, draw(st.integers(1, 5)), second_input)
 
 
 @dataclass(frozen=True)
@@ -189,9 +210,9 @@ class TokenNet(nn.Module):
             if block[0] == "attn":
                 _, heads, head_dim, kind = block
                 if kind == "mha":
-                    layer.mha = nn.MultiheadAttention(arch.dim, heads, batch_first=True) if arch.dim % heads == 0 \
-                        else nn.MultiheadAttention(heads * head_dim, heads, batch_first=True, kdim=arch.dim,
-                                                   vdim=arch.dim)
+                    embed = heads * head_dim
+                    layer.mha = nn.MultiheadAttention(embed, heads, batch_first=True) if embed == arch.dim \
+                        else nn.MultiheadAttention(embed, heads, batch_first=True, kdim=arch.dim, vdim=arch.dim)
                     layer.proj = nn.Linear(layer.mha.embed_dim, arch.dim)
                 else:
                     layer.qkv = nn.Linear(arch.dim, 3 * heads * head_dim)
@@ -233,9 +254,14 @@ def token_architectures(draw, max_blocks: int = 4):
     blocks = []
     for _ in range(draw(st.integers(1, max_blocks))):
         if draw(st.booleans()):
-            heads = draw(st.sampled_from([h for h in (1, 2, 3, 4) if dim % h == 0]))
             kind = draw(st.sampled_from(["sdpa", "matmul", "mha"]))
-            head_dim = dim // heads if kind == "mha" else draw(st.integers(1, 4))
+            if kind == "mha":  # heads x head_dim == dim: self-attention; narrower: kdim = vdim = dim
+                heads = draw(st.integers(1, 4))
+                head_dim = dim // heads if dim % heads == 0 and draw(st.booleans()) else \
+                    draw(st.integers(1, dim // heads))
+            else:
+                heads, head_dim = draw(st.sampled_from([h for h in (1, 2, 3, 4) if dim % h == 0])), \
+                    draw(st.integers(1, 4))
             blocks.append(("attn", heads, head_dim, kind))
         else:
             blocks.append(("mlp", draw(st.integers(2, 12)), draw(st.sampled_from(sorted(ACTS)))))

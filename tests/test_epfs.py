@@ -1,5 +1,7 @@
 """EPFS on a tiny residual model and synthetic data: masks and gates reach exact zeros."""
 
+from copy import deepcopy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -79,13 +81,45 @@ def test_epfs_budget_lands_within_one_point_of_the_target():
 
 
 def test_epfs_state_round_trips():
-    pm = fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8))
+    """Saved and loaded into a fresh EPFS on a copy of the model, the state resumes training exactly where
+    it stopped: the optimizer's moments and the class centers came back, not only the centers."""
+    prepared = []
+    for _ in range(2):  # two prepared models with the same weights
+        torch.manual_seed(0)
+        prepared.append(fxprune.prepare(Tiny(), torch.randn(2, 3, 8, 8)))
+    pm, copy = prepared
     epfs = fxprune.EPFS(pm, center=0.01, num_classes=4)
     train_epfs(pm, epfs, steps=3)
-    state = epfs.state_dict()
-    again = fxprune.EPFS(pm, center=0.01, num_classes=4)
-    again.load_state_dict(state)
-    assert torch.equal(again.center_loss.centers, epfs.center_loss.centers)
+    state = deepcopy(epfs.state_dict())
+    copy.load_state_dict(pm.state_dict())
+    again = fxprune.EPFS(copy, center=0.01, num_classes=4)
+    again.load_state_dict(deepcopy(state))
+    saved, loaded = again.state_dict(), state
+    assert torch.equal(saved["center"]["centers"], loaded["center"]["centers"])
+    assert loaded["optimizer"]["state"]  # moments to restore
+    _assert_same(saved["optimizer"], loaded["optimizer"])
+    train_epfs(pm, epfs, steps=3)
+    train_epfs(copy, again, steps=3)
+    for (name, a), (_, b) in zip(pm.state_dict().items(), copy.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name} differs after resuming")
+    torch.testing.assert_close(again.center_loss.centers, epfs.center_loss.centers, rtol=0, atol=0)
+
+
+def _assert_same(a, b, where="state"):
+    """Nested dicts, lists and tensors, equal everywhere."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 def test_epfs_needs_something_to_prune():

@@ -96,3 +96,16 @@ def test_ignored_layers_are_left_alone():
     fxprune.prune_by_importance(pm, 0.5, ignore=["2"])
     small = fxprune.finalize(pm)
     assert small.get_submodule("2").out_channels == 16 and small.get_submodule("0").out_channels == 4
+
+
+def test_a_misspelt_ignore_names_the_closest_layers():
+    """Regression: an unknown name in ``ignore`` was silently ignored, pruning the layer it meant."""
+    model = randomize(nn.Sequential())
+    model.add_module("stem", nn.Conv2d(3, 8, 1))
+    model.add_module("body", nn.Conv2d(8, 16, 1))
+    model.add_module("head", nn.Conv2d(16, 2, 1))
+    pm = fxprune.prepare(model, torch.randn(1, 3, 4, 4))
+    with pytest.raises(fxprune.FxPruneError, match=r"'bdoy'.*closest: 'body'"):
+        fxprune.prune_by_importance(pm, 0.5, ignore=["bdoy"])
+    assert all(bool((m == 1).all()) for m in pm.fxprune.masks.values())  # raised before zeroing anything
+    fxprune.prune_by_importance(pm, 0.5, ignore=["body", "head", fxprune.channel_groups(pm)[0].name])

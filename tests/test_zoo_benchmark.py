@@ -145,3 +145,29 @@ def test_onnxruntime_variant_exports_on_first_call_runs_the_model_and_is_timed_a
 def test_onnxruntime_variant_needs_a_warm_up_for_its_export(zoo):
     with pytest.raises(SystemExit):
         zoo.parse(["--onnxruntime", "--warmup", "0"])
+
+
+def test_a_round_to_failure_is_reported(zoo, zoo_plot, monkeypatch):
+    """Regression: measure_fxprune caught round_to's exception and no record, table or summary said so."""
+    import fxprune
+
+    real = fxprune.prune_by_importance
+
+    def failing(pm, *args, round_to=None, **kwargs):
+        if round_to:
+            raise fxprune.FxPruneError("cannot round these groups")
+        return real(pm, *args, **kwargs)
+
+    monkeypatch.setattr(zoo.fxprune, "prune_by_importance", failing)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    record = {"model": "tiny", "input": list(x.shape), "macs_before": fxprune.count(model, x).macs,
+              "speedup": {}, "efficiency": {}, "latency_skipped": {}}
+    models = zoo.measure_fxprune(model, x, 8, record)
+    assert set(models) == {"fxprune"} and record["fxprune"]["ok"]
+    rounded = record["fxprune"]["round_to"]
+    assert rounded["ok"] is False and "cannot round these groups" in rounded["error"]
+    s = zoo_plot.summary([record], 2)
+    assert list(s["round_to_fails"]) == ["tiny"] and "cannot round" in s["round_to_fails"]["tiny"]
+    assert "round_to fails on: tiny (FxPruneError: cannot round these groups" in zoo_plot.summary_text(s, 2)
+    assert "round_to failed" in zoo_plot.table([record], 2)

@@ -189,6 +189,13 @@ class Plan:
         return int(self.keep(cids).size)
 
 
+# -- nodes finalize adds --------------------------------------------------------------------
+
+#: ``node.meta`` key of a node finalize inserts in place of a mask or gate (``x * scale``): the name of
+#: the prepared node whose output it has the shape and layout of, for the stages after it
+SAME_LAYOUT = "fxprune_same_layout_as"
+
+
 # -- the state a prepared model carries -----------------------------------------------------
 
 ATTR = "fxprune_state"
@@ -206,7 +213,8 @@ class PruneState:
         config: the :class:`~fxprune.config.PruneConfig` used.
         barriers: ops whose channels were frozen, and why.
         shapes: node name -> output shape(s) before pruning.
-        approximate: nodes pruned approximately (LayerNorms, with ``approximate_norms``).
+        approximate: nodes pruned approximately (LayerNorms, with ``approximate_norms``), each with the
+            number of trailing dimensions it normalises over.
         example_kwargs: the keyword inputs prepare captured with.
         capture: ``"fx"`` (symbolic tracing) or ``"export"`` (torch.export).
         dynamic: input name -> the dimensions the captured graph keeps symbolic (torch.export).
@@ -219,7 +227,7 @@ class PruneState:
     config: PruneConfig
     barriers: list = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
-    approximate: list = field(default_factory=list)
+    approximate: dict = field(default_factory=dict)
     example_kwargs: dict = field(default_factory=dict)
     capture: str = "fx"
     dynamic: dict = field(default_factory=dict)

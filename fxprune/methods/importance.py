@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Iterable, Optional
 
@@ -127,7 +128,7 @@ def prune_by_importance(pm, ratio: float, importance: str = "l1", scope: str = "
     state = state_of(pm)
     index = state.index
     scores = channel_importance(pm, importance, seed)
-    skip = _ignored_groups(index, set(ignore))
+    skip = _ignored_groups(index, _known(pm, index, ignore))
     members = index.group_channels()
     steps = [round_to] * len(members)
     if scope == "local":
@@ -276,6 +277,32 @@ def _global_counts(pm, index, scores, members, skip, ratio: float) -> dict:
             counts[i] += 1
             budget -= 1
     return counts
+
+
+def _known(pm, index, ignore: Iterable[str]) -> set:
+    """``ignore`` as a set, each name checked: a group name, a module path, or a prefix of a
+    parameter's path (a lowered module's, such as an nn.MultiheadAttention's).
+
+    Raises:
+        FxPruneError: a name is none of these (a typo would otherwise prune the layer it meant).
+    """
+    ignore = {ignore} if isinstance(ignore, str) else set(ignore)
+    names = {g.name for g in index.groups}
+    names.update(p for p, _ in pm.named_modules() if p and p != "fxprune" and not p.startswith("fxprune."))
+    for g in index.groups:
+        for m in g.members:
+            if m.kind == "param":
+                parts = m.name.split(".")
+                names.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    unknown = sorted(ignore - names)
+    if unknown:
+        close = {u: difflib.get_close_matches(u, names, n=3, cutoff=0.5) for u in unknown}
+        said = "; ".join(f"{u!r} (closest: {', '.join(map(repr, c))})" if c else f"{u!r} (nothing close)"
+                         for u, c in close.items())
+        raise FxPruneError(f"ignore names no layer or group of this model: {said}",
+                           hint="pass module paths as in model.named_modules(), or group names from "
+                                "fxprune.channel_groups(pm)")
+    return ignore
 
 
 def _ignored_groups(index, ignore: set) -> set:

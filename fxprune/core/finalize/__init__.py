@@ -10,6 +10,7 @@ Each line of :func:`finalize` is a stage, and each stage is a module of this fol
     resize.py           channel counts baked into the graph (view sizes, split sizes, slices)
     in_place.py         the user's ``a += b`` made in place again where nothing can tell
     verify.py           the result must compute what the masked model computes
+                        (approximate.py: which outputs ``approximate_norms`` lets differ)
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
     removed; the other mask and gate values are folded into neighbouring weights. The
     result is a plain GraphModule with smaller tensors and no fxprune modules; it
     computes exactly what ``prepared`` computes with those masks and gates at zero,
-    which finalize checks on the example inputs unless ``check=False``. ``prepared``
+    which finalize checks on the example inputs (and on a seeded random input beside a
+    constant one) unless ``check=False``. ``prepared``
     is left as it was.
 
     Args:
@@ -67,5 +69,5 @@ def finalize(prepared: torch.fx.GraphModule, threshold: float = 0.0, check: bool
     unshare(gm, prepared)
     restore_in_place(gm, state)
     gm = release(gm)
-    gm.fxprune_equivalence_error = verify(prepared, gm, state, threshold) if check else None
+    gm.fxprune_equivalence_error = verify(prepared, gm, state, threshold, plan) if check else None
     return gm

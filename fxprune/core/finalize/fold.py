@@ -34,6 +34,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxprune.core.drafts import erase_dead_getattrs
+from fxprune.core.ir import SAME_LAYOUT
 from fxprune.core.masks import role
 from fxprune.core.rules import module_handler, node_handler
 from fxprune.core.tensors import owner_of, rescale, tensor_at
@@ -84,7 +85,8 @@ def _fold_mask(gm, node, state, plan, bank, calls) -> None:
         ndim = len(state.shapes[site.source])
         shape = [1] * ndim
         shape[site.dim] = -1
-        constant_multiply(gm, node, source, survivors.detach().clone().view(shape), f"folded_scale_{info['site']}")
+        constant_multiply(gm, node, source, survivors.detach().clone().view(shape), f"folded_scale_{info['site']}",
+                          like=site.source)
     gm.graph.erase_node(node)
 
 
@@ -95,6 +97,7 @@ def _fold_gate(gm, node, bank, calls) -> None:
     if value != 1.0 and not fold_gate(gm, source, value, calls):
         with gm.graph.inserting_before(node):
             scaled = gm.graph.call_function(operator.mul, (source, value))
+        scaled.meta[SAME_LAYOUT] = source.meta.get(SAME_LAYOUT, source.name)
         node.replace_all_uses_with(scaled)
     else:
         node.replace_all_uses_with(source)
@@ -173,10 +176,12 @@ def module_calls(gm: torch.fx.GraphModule) -> dict:
 
 
 def constant_multiply(gm: torch.fx.GraphModule, node: torch.fx.Node, source: torch.fx.Node, scale: torch.Tensor,
-                      name: str) -> None:
-    """Replace a mask or gate node by ``source * constant`` with the constant as a plain buffer."""
+                      name: str, like: str) -> None:
+    """Replace a mask or gate node by ``source * constant`` with the constant as a plain buffer; the
+    product has the layout of the prepared node ``like``."""
     gm.register_buffer(name, scale)
     with gm.graph.inserting_before(node):
         const = gm.graph.get_attr(name)
         mul = gm.graph.call_function(operator.mul, (source, const))
+    mul.meta[SAME_LAYOUT] = like
     node.replace_all_uses_with(mul)

@@ -11,22 +11,27 @@ of each dimension survive:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch.fx
 
+from fxprune.core.ir import SAME_LAYOUT
 from fxprune.core.rules import target_handler
 
 
 class Sizes:
     """Old and new sizes of node outputs, from the prepared shapes and the plan."""
 
-    def __init__(self, state, plan):
+    def __init__(self, state, plan, gm: Optional[torch.fx.GraphModule] = None):
         self.state, self.plan = state, plan
+        # nodes finalize put in place of a mask or gate (x * scale) stand for the prepared node they scale
+        self.aliases = {n.name: n.meta[SAME_LAYOUT] for n in gm.graph.nodes if SAME_LAYOUT in n.meta} if gm else {}
 
     def layout(self, name: str):
-        return self.state.index.node_layouts.get(name)
+        return self.state.index.node_layouts.get(self.aliases.get(name, name))
 
     def old(self, name: str):
-        return self.state.shapes.get(name)
+        return self.state.shapes.get(self.aliases.get(name, name))
 
     def new(self, name: str, path=()):
         lay = self.layout(name)
@@ -43,7 +48,7 @@ class Sizes:
 
 def rewrite_sizes(gm: torch.fx.GraphModule, state, plan) -> None:
     """Give every node with baked channel counts its new sizes."""
-    sizes = Sizes(state, plan)
+    sizes = Sizes(state, plan, gm)
     for node in list(gm.graph.nodes):
         if node.op not in ("call_function", "call_method") or node.name not in state.shapes:
             continue

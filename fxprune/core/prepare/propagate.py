@@ -67,7 +67,7 @@ class ChannelFlow(torch.fx.Interpreter):
         self.sites: dict[tuple, MaskSite] = {}
         self.memo: dict = {}
         self.barriers: list[Barrier] = []
-        self.approximate: list[str] = []
+        self.approximate: dict[str, int] = {}  # norm node -> number of trailing dimensions it normalises
         self.shape_only = True
         self.fake: set[str] = set()  # nodes whose value is only a stand-in of the right shape
         self.submodules = dict(gm.named_modules(remove_duplicate=False))  # path -> module, looked up per node
@@ -255,7 +255,19 @@ class ChannelFlow(torch.fx.Interpreter):
             site.consumers.append(consumer.name)
 
     def note_approximate(self, node: torch.fx.Node, dims) -> None:
-        self.approximate.append(node.name)
+        """Record that ``node`` normalises over its last ``len(dims)`` dimensions, whose channels may be pruned."""
+        self.approximate[node.name] = len(dims)
+
+
+def _mutable(value):
+    """``value`` with every list and dict in it (FX's immutable ones included) copied into a plain one."""
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    return value
 
 
 def _mutable(value):

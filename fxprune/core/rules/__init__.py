@@ -9,10 +9,11 @@
     movement.py     data movement understood by index-coded probes (the general rule)
     views.py        fast paths for reshapes, reorders and tiling
     indexing.py     fast paths for cat, split, slicing and indexing
+    pixels.py       PixelShuffle and PixelUnshuffle: r*r channels to one channel's pixels and back
     attention.py    matmul, einsum, scaled dot-product attention, Swin's window attention
 """
 
-from fxprune.core.rules import attention, elementwise, indexing, layers, movement, norms, reduce, views  # noqa: F401
+from fxprune.core.rules import attention, elementwise, indexing, layers, movement, norms, pixels, reduce, views  # noqa: F401
 from fxprune.core.rules.context import RuleContext, empty_like
 from fxprune.core.rules.registry import (
     FlowRule,

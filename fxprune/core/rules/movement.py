@@ -34,7 +34,7 @@ from fxprune.core.rules.context import RuleContext
 from fxprune.core.rules.registry import aten, rule
 
 _MOVEMENT_MODULES = (
-    nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+    nn.Flatten, nn.Unflatten, nn.ChannelShuffle,
     nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
     nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
     nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad2d,
@@ -45,8 +45,8 @@ _MOVEMENT_FUNCTIONS = (
     torch.concat, torch.concatenate, torch.stack, torch.split, torch.chunk, torch.unbind,
     torch.narrow, torch.roll, torch.flip, torch.index_select, torch.t, torch.select,
     torch.tensor_split, torch.unflatten, torch.channel_shuffle, torch.gather,
-    torch.take_along_dim, torch.repeat_interleave, torch.tile, F.pixel_shuffle,
-    F.pixel_unshuffle, F.pad, F.channel_shuffle, operator.getitem,
+    torch.take_along_dim, torch.repeat_interleave, torch.tile,
+    F.pad, F.channel_shuffle, operator.getitem,
     swin_transformer._patch_merging_pad, swin_transformer._get_relative_position_bias,
 )
 _MOVEMENT_METHODS = (
