@@ -270,17 +270,6 @@ def _mutable(value):
     return value
 
 
-def _mutable(value):
-    """``value`` with every list and dict in it (FX's immutable ones included) copied into a plain one."""
-    if isinstance(value, list):
-        return [_mutable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _mutable(v) for k, v in value.items()}
-    if type(value) is tuple:
-        return tuple(_mutable(v) for v in value)
-    return value
-
-
 def _shape_of(v):
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
