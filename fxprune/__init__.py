@@ -13,38 +13,35 @@ from __future__ import annotations
 
 import importlib
 
-# public name -> (module, attribute in it; None: the module itself)
-_PUBLIC = {
-    "prepare": ("fxprune.core.prepare", "prepare"),
-    "finalize": ("fxprune.core.finalize", "finalize"),
-    "PruneConfig": ("fxprune.config", "PruneConfig"),
+# module -> the public names it defines
+_NAMES = {
+    "fxprune.config": ("PruneConfig",),
+    "fxprune.core.prepare": ("prepare",),
+    "fxprune.core.finalize": ("finalize",),
+    "fxprune.core.rules": ("RuleContext",),
+    "fxprune.core.masks": ("mask_parameters", "gate_parameters", "weight_parameters"),
+    "fxprune.errors": ("FxPruneError", "EquivalenceError", "MaskError", "NotPreparedError", "TraceError",
+                       "UnsupportedOpError"),
+    "fxprune.methods.budget": ("prune_to_macs",),
+    "fxprune.methods.center_loss": ("CenterLoss",),
+    "fxprune.methods.epfs": ("EPFS", "normalised_groups"),
+    "fxprune.methods.features": ("FeatureTap",),
+    "fxprune.methods.fista": ("FISTA",),
+    "fxprune.methods.importance": ("channel_importance", "prune_by_importance", "relative_to_group"),
+    "fxprune.methods.oicsr": ("OutInGroupLasso", "greedy_prune", "oicsr_importance", "relative_oicsr_importance"),
+    "fxprune.report": ("branches", "channel_groups", "dependency_graph", "prunable_share"),
+    "fxprune.report.count": ("Count", "count"),
+}
+# public name -> (module, attribute in it; None: the module itself), for the names above and these
+_PUBLIC = {name: (module, name) for module, names in _NAMES.items() for name in names}
+_PUBLIC.update({
     "LayerHandler": ("fxprune.core.rules", "Handler"),
-    "RuleContext": ("fxprune.core.rules", "RuleContext"),
     "register_handler": ("fxprune.core.rules", "register"),
-    "mask_parameters": ("fxprune.core.masks", "mask_parameters"),
-    "gate_parameters": ("fxprune.core.masks", "gate_parameters"),
-    "weight_parameters": ("fxprune.core.masks", "weight_parameters"),
-    **{name: ("fxprune.errors", name) for name in (
-        "FxPruneError", "EquivalenceError", "MaskError", "NotPreparedError", "TraceError", "UnsupportedOpError")},
-    "prune_to_macs": ("fxprune.methods.budget", "prune_to_macs"),
-    "CenterLoss": ("fxprune.methods.center_loss", "CenterLoss"),
-    "EPFS": ("fxprune.methods.epfs", "EPFS"),
-    "normalised_groups": ("fxprune.methods.epfs", "normalised_groups"),
-    "FeatureTap": ("fxprune.methods.features", "FeatureTap"),
-    "FISTA": ("fxprune.methods.fista", "FISTA"),
-    **{name: ("fxprune.methods.importance", name) for name in (
-        "channel_importance", "prune_by_importance", "relative_to_group")},
-    **{name: ("fxprune.methods.oicsr", name) for name in (
-        "OutInGroupLasso", "greedy_prune", "oicsr_importance", "relative_oicsr_importance")},
-    **{name: ("fxprune.report", name) for name in (
-        "branches", "channel_groups", "dependency_graph", "prunable_share")},
-    "Count": ("fxprune.report.count", "Count"),
-    "count": ("fxprune.report.count", "count"),
     "export": ("fxprune.export", None),
     "report": ("fxprune.report", None),
     "report_html": ("fxprune.report.html", None),
     "distributed": ("fxprune.training.distributed", None),
-}
+})
 
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

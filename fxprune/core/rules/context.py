@@ -34,12 +34,8 @@ class RuleContext:
     """What a rule sees of one node: its values, its arguments' layouts, and the atom table."""
 
     def __init__(self, flow, node: torch.fx.Node, args, kwargs, out, module):
-        self.flow = flow
-        self.node = node
-        self.args = args
-        self.kwargs = kwargs
-        self.out = out
-        self.module = module
+        self.flow, self.node, self.module = flow, node, module  # the propagation, the node, the module it calls
+        self.args, self.kwargs, self.out = args, kwargs, out  # its argument values and its output value
         self.atoms: AtomTable = flow.atoms
 
     @property

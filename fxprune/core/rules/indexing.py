@@ -183,8 +183,13 @@ def getitem(ctx: RuleContext):
 
 @register(torch.narrow, "narrow")
 class Narrow(Handler):
+    """``x.narrow(dim, start, length)``: a contiguous run of indices, re-counted over the survivors."""
+
     def flow(self, ctx: RuleContext):
-        return narrow(ctx)
+        x = ctx.layout(0)
+        dim, start, length = ctx.arg(1, "dim") % len(x), ctx.arg(2, "start"), ctx.arg(3, "length")
+        start = int(start) % x[dim].shape[0]
+        return tuple(x[:dim]) + (x[dim][start:start + length],) + tuple(x[dim + 1:])
 
     def resize_node(self, gm, node, sizes) -> None:
         src, dim, keep, old = _kept_along(node, sizes)
@@ -195,31 +200,20 @@ class Narrow(Handler):
         node.args = (src, dim, picked.start or 0, picked.stop - (picked.start or 0))
 
 
-def narrow(ctx: RuleContext):
-    x = ctx.layout(0)
-    dim, start, length = ctx.arg(1, "dim") % len(x), ctx.arg(2, "start"), ctx.arg(3, "length")
-    if isinstance(start, torch.Tensor):
-        start = int(start)
-    start %= x[dim].shape[0]
-    return tuple(x[:dim]) + (x[dim][start:start + length],) + tuple(x[dim + 1:])
-
-
 @register(torch.select, "select")
 class Select(Handler):
+    """``x.select(dim, index)``: one index taken out (frozen: it must stay), its position re-counted."""
+
     def flow(self, ctx: RuleContext):
-        return select(ctx)
+        x = ctx.layout(0)
+        dim, index = ctx.arg(1, "dim") % len(x), ctx.arg(2, "index")
+        ctx.freeze(x[dim][index:index + 1] if index != -1 else x[dim][-1:], "a single index is taken out")
+        return tuple(x[:dim]) + tuple(x[dim + 1:])
 
     def resize_node(self, gm, node, sizes) -> None:
         src, dim, keep, old = _kept_along(node, sizes)
         if keep.size != old:
             node.args = (src, dim, _reindex(node.args[2], keep, old))
-
-
-def select(ctx: RuleContext):
-    x = ctx.layout(0)
-    dim, index = ctx.arg(1, "dim") % len(x), ctx.arg(2, "index")
-    ctx.freeze(x[dim][index:index + 1] if index != -1 else x[dim][-1:], "a single index is taken out")
-    return tuple(x[:dim]) + tuple(x[dim + 1:])
 
 
 @register(torch.index_select, "index_select")
