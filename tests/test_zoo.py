@@ -12,6 +12,11 @@ import fxprune
 from fxprune.testing import small_input, torchvision_classifiers
 
 TRANSFORMERS = ("vit", "swin", "maxvit", "convnext")
+# Classes that cannot hold what zero_channels prunes in them, so finalize(keep_classes=True) refuses: the
+# ShuffleNets chunk a tensor into equal halves that pruning makes unequal; nn.MultiheadAttention
+# (ViT) needs its projections as wide as its embedding; Swin and MaxViT derive their head width from
+# their (unpruned) embedding. Every other classifier comes back as its own class.
+KEEP_CLASSES_REFUSED = ("shufflenet", "vit", "swin", "maxvit")
 
 
 def _family(name: str) -> str:
@@ -37,6 +42,15 @@ def test_zoo_model_prunes_exactly(name):
     zero_channels(pm, 0.5, seed=1)
     small = assert_finalized_equals_masked(pm)
     assert fxprune.count(small, x).macs < fxprune.count(model, x).macs
+    if name.startswith(KEEP_CLASSES_REFUSED):
+        with pytest.raises(fxprune.FxPruneError, match="cannot be returned as its own classes"):
+            fxprune.finalize(pm, keep_classes=True)
+    else:
+        own = fxprune.finalize(pm, keep_classes=True)
+        assert type(own) is type(model) and own.fxprune_equivalence_error < 1e-4
+        with torch.no_grad():
+            torch.testing.assert_close(own.eval()(small_input(name, batch=2)), small(small_input(name, batch=2)),
+                                       rtol=1e-4, atol=1e-4)
 
 
 def _is_mlp_hidden(name: str, layer: str) -> bool:

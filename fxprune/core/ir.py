@@ -218,6 +218,8 @@ class PruneState:
         example_kwargs: the keyword inputs prepare captured with.
         capture: ``"fx"`` (symbolic tracing) or ``"export"`` (torch.export).
         dynamic: input name -> the dimensions the captured graph keeps symbolic (torch.export).
+        model: the copy of the user's model whose modules the graph calls, in the user's classes
+            (``finalize(keep_classes=True)`` returns a pruned copy of it).
     """
 
     index: object
@@ -231,6 +233,7 @@ class PruneState:
     example_kwargs: dict = field(default_factory=dict)
     capture: str = "fx"
     dynamic: dict = field(default_factory=dict)
+    model: Optional[torch.nn.Module] = None
 
     @property
     def example(self) -> "ExampleInputs":

@@ -43,13 +43,18 @@ def unshare(gm: torch.nn.Module, prepared: torch.nn.Module) -> None:
 
 def detach_fxprune(gm: torch.fx.GraphModule) -> None:
     """Remove the MaskBank, the prepared state, fxprune's hooks and what no node uses any more."""
-    for m in gm.modules():  # hooks fxprune's methods put on the prepared model (feature taps)
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for key in [k for k, h in hooks.items() if getattr(h, "__fxprune__", False)]:
-                del hooks[key]
+    drop_fxprune_hooks(gm)
     if any(not n.users and n.op not in ("placeholder", "output") for n in gm.graph.nodes):
         gm.graph.eliminate_dead_code()  # lints and asks every node whether it is impure: only when there is dead code
     gm.delete_submodule("fxprune")
     if hasattr(gm, ATTR):
         delattr(gm, ATTR)
     gm.delete_all_unused_submodules()
+
+
+def drop_fxprune_hooks(root: torch.nn.Module) -> None:
+    """Remove the hooks fxprune's methods put on the prepared model's modules (feature taps)."""
+    for m in root.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "__fxprune__", False)]:
+                del hooks[key]

@@ -76,5 +76,6 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     insert_gates(gm, branches)
     gm = release(gm)
     setattr(gm, ATTR, PruneState(index, sites, branches, example.args, config, flow.barriers, flow.shapes,
-                                 flow.approximate, example.kwargs, captured.how, captured.dynamic))
+                                 flow.approximate, example.kwargs, captured.how, captured.dynamic,
+                                 captured.model))
     return gm

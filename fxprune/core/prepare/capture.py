@@ -23,6 +23,7 @@ from torch.fx import _pytree as fx_pytree
 from torch.utils import _pytree as pytree
 
 from fxprune.config import PruneConfig
+from fxprune.core.copies import copy_module
 from fxprune.core.ir import ExampleInputs
 from fxprune.core.prepare.export import capture_with_export
 from fxprune.core.prepare.lift import lift_modules
@@ -39,12 +40,14 @@ class Captured:
     Args:
         gm: a :class:`~fxprune.core.drafts.Draft`.
         how: ``"fx"`` or ``"export"``.
+        model: the copy of the user's model the graph's modules belong to (its classes, its tree).
         dynamic: input name -> the dimensions the graph keeps symbolic (torch.export only).
         fx_error: why symbolic tracing failed, where ``auto`` fell back to torch.export.
     """
 
     gm: torch.fx.GraphModule
     how: str
+    model: nn.Module
     dynamic: dict = field(default_factory=dict)
     fx_error: str = ""
 
@@ -65,13 +68,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, config: PruneConfig) ->
                            hint="pass the model itself, for example torchvision.models.resnet18()")
     if config.capture != "export":
         try:
-            return Captured(trace(model, config), "fx")
+            root = copy_module(model)
+            return Captured(trace(model, config, root=root), "fx", root)
         except TraceError as e:
             if config.capture == "fx":
                 raise
             fx_error = e
     try:
-        gm, dynamic = capture_with_export(model, args, kwargs, config)
+        gm, dynamic, root = capture_with_export(model, args, kwargs, config)
     except TraceError as e:
         if config.capture == "export":
             raise
@@ -80,7 +84,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, config: PruneConfig) ->
                          hint=f"{fx_error.hint} With torch.export: {e.hint}") from e
     lift_modules(gm)  # first: a training flag read from the module would not be one of the module's tensors
     dynamic_training_flags(gm.graph)
-    return Captured(gm, "export", dynamic, fx_error.message if config.capture == "auto" else "")
+    return Captured(gm, "export", root, dynamic, fx_error.message if config.capture == "auto" else "")
 
 
 def placeholder_values(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> list:

@@ -49,8 +49,8 @@ def capture_with_export(model: nn.Module, args: tuple, kwargs: dict, config: Pru
     """Copy ``model`` and capture it with ``torch.export.export(strict=False)``.
 
     Returns:
-        ``(draft, dynamic)``: a :class:`~fxprune.core.drafts.Draft` whose modules are the
-        copy's own, and which input dimensions stayed dynamic (input name -> {dim: name}).
+        ``(draft, dynamic, root)``: a :class:`~fxprune.core.drafts.Draft` whose modules are the
+        copy's own, which input dimensions stayed dynamic (input name -> dims), and the copy.
 
     Raises:
         TraceError: torch.export could not capture the model; the message names the
@@ -78,7 +78,7 @@ def capture_with_export(model: nn.Module, args: tuple, kwargs: dict, config: Pru
     dynamic = dynamic_dimensions(draft.graph)
     for name, m in draft.named_modules():
         m.training = modes.get(name, model.training)
-    return draft, dynamic
+    return draft, dynamic, root
 
 
 def _draft(root: nn.Module, program) -> Draft:

@@ -72,13 +72,15 @@ class PruneTracer(torch.fx.Tracer):
             raise
 
 
-def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> torch.fx.GraphModule:
+def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False,
+          root: Optional[nn.Module] = None) -> torch.fx.GraphModule:
     """Deep-copy ``model`` and trace it into a :class:`~fxprune.core.drafts.Draft` (a GraphModule without code yet).
 
     Args:
         model: the user's model; not changed.
         config: leaf modules and concrete args.
         stack_traces: record each node's source lines (see :func:`with_source_line`).
+        root: the copy of ``model`` to trace (made here when not given); the draft's modules are its.
 
     Raises:
         TraceError: torch.fx could not follow the model; the message names the op, the
@@ -87,7 +89,7 @@ def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> 
     if not isinstance(model, nn.Module):
         raise FxPruneError(f"prepare expects an nn.Module, got {type(model).__name__}",
                            hint="pass the model itself, for example torchvision.models.resnet18()")
-    root = copy_module(model)
+    root = root if root is not None else copy_module(model)
     modes = {name: m.training for name, m in root.named_modules()}
     root.eval()
     tracer = PruneTracer(config.leaf_modules, stack_traces)
@@ -99,6 +101,8 @@ def trace(model: nn.Module, config: PruneConfig, stack_traces: bool = False) -> 
     gm = Draft(tracer.root, graph, root.__class__.__name__)
     for name, m in gm.named_modules():
         m.training = modes.get(name, model.training)
+    for name, m in root.named_modules():
+        m.training = modes[name]
     return gm
 
 

@@ -193,7 +193,10 @@ def resize_shape_args(gm, node, sizes) -> None:
     else:
         entries, rebuild = list(node.args[1:]), lambda e: (node.args[0], *e)
     changed = False
+    layout = sizes.layout(node.name)
     for i, (o, n) in enumerate(zip(old, new)):
+        if type(entries[i]) is int and entries[i] != -1 and has_atoms(layout[i]):
+            sizes.note(node, entries[i], n)  # a channel count written in the call
         if (o != n and not _is_minus_one(entries[i])) or _reads_channel_count(entries[i], sizes):
             changed |= entries[i] != n
             entries[i] = n
