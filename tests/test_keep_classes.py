@@ -122,3 +122,37 @@ def test_removed_branches_are_refused_up_front():
         next(iter(pm.fxprune.gates.values())).zero_()
     with pytest.raises(fxprune.FxPruneError, match="removed residual branches"):
         fxprune.finalize(pm, keep_classes=True)
+
+
+@pytest.mark.parametrize("family, build", [
+    ("hf_llama", lambda model: type(model)(model.config)),
+    ("yolov8n", lambda model: _yolo_again()),
+])
+def test_a_model_in_its_own_classes_saves_and_rebuilds_from_its_constructor(tmp_path, family, build):
+    case = FAMILIES[family]()
+    pm = fxprune.prepare(randomize(case.model), case.example)
+    if family == "hf_llama":
+        _heads_and_mlp(pm, heads=2)
+    else:
+        fxprune.prune_by_importance(pm, 0.5)
+    small = fxprune.finalize(pm, keep_classes=True)
+    path = fxprune.export.save_widths(small, tmp_path / "pruned.pt")
+    again = fxprune.export.load_widths(path, lambda: build(case.model))
+    assert type(again) is type(small)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
+    _same_on(again, small, case.others[0])
+
+
+def _yolo_again():
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    model.model[-1].dynamic = True
+    return model
+
+
+def test_load_widths_refuses_another_model(tmp_path):
+    small = torchvision.models.resnet18(num_classes=3)
+    path = fxprune.export.save_widths(small, tmp_path / "r.pt")
+    with pytest.raises(fxprune.FxPruneError, match="build\\(\\) made a MobileNetV2"):
+        fxprune.export.load_widths(path, lambda: torchvision.models.mobilenet_v2())

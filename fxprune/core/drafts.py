@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.fx
@@ -42,9 +43,10 @@ def release(draft: Draft) -> torch.fx.GraphModule:
     return _assemble(torch.fx.GraphModule, draft, draft.graph, draft.meta, type(draft).__name__)
 
 
-def draft_over(root: nn.Module, graph: torch.fx.Graph) -> Draft:
-    """A :class:`Draft` running ``graph`` over ``root``'s own modules (not plain containers on each path)."""
-    return _assemble(Draft, root, graph, {}, type(root).__name__)
+def draft_over(root: nn.Module, graph: torch.fx.Graph, extra: Optional[dict] = None) -> Draft:
+    """A :class:`Draft` running ``graph`` over ``root``'s own modules (not plain containers on each path),
+    with the ``extra`` children (name -> module) beside them, which ``root`` does not get."""
+    return _assemble(Draft, root, graph, {}, type(root).__name__, extra=extra)
 
 
 def copy_as_draft(gm: torch.fx.GraphModule, memo: dict) -> Draft:
@@ -54,7 +56,8 @@ def copy_as_draft(gm: torch.fx.GraphModule, memo: dict) -> Draft:
                      lambda value: deepcopy_modules(value, memo))
 
 
-def _assemble(cls, root: nn.Module, graph: torch.fx.Graph, meta: dict, name: str, take=lambda value: value):
+def _assemble(cls, root: nn.Module, graph: torch.fx.Graph, meta: dict, name: str, take=lambda value: value,
+              extra: Optional[dict] = None):
     """A ``cls`` GraphModule holding ``take`` of ``root``'s own children, tensors and the attributes the graph
     reads (by default the same objects; in the same order: building one from ``root`` the usual way would
     replace every container on a node's path with a plain ``nn.Module``) and running ``graph``."""
@@ -62,7 +65,7 @@ def _assemble(cls, root: nn.Module, graph: torch.fx.Graph, meta: dict, name: str
                            tracer_extras=getattr(graph, "_tracer_extras", None))
     gm = cls(nn.Module(), empty, name)
     gm.training = root.training
-    for key, child in root.named_children():
+    for key, child in list(root.named_children()) + list((extra or {}).items()):
         gm.add_module(key, take(child))
     for key, p in root.named_parameters(recurse=False):
         gm.register_parameter(key, take(p))

@@ -5,7 +5,10 @@ weights as raw tensor bytes, in eval mode, with a dynamic batch dimension. :func
 reads it back as a module that needs neither fxprune nor the model's source code; it
 checks the file first (:mod:`fxprune.export.archive`), so nothing in it is unpickled except by
 ``torch.load(weights_only=True)`` and nothing in it runs as code. :func:`to_onnx` writes
-one self-contained ``.onnx`` file with the dynamo-based exporter (``onnxscript``).
+one self-contained ``.onnx`` file with the dynamo-based exporter (``onnxscript``). A model
+returned in its own classes (``finalize(pm, keep_classes=True)``) is saved with
+:func:`save_widths` and rebuilt from its constructor with :func:`load_widths`
+(:mod:`fxprune.export.widths`).
 
     small = fxprune.finalize(pm)
     fxprune.export.save(small, "small.pt2", x)      # anywhere later, without fxprune's masks:
@@ -38,6 +41,7 @@ from fxprune.core.prepare.export import at_least_two, dynamic_shape_choices
 from fxprune.core.tensors import eval_mode
 from fxprune.errors import EquivalenceError, FxPruneError
 from fxprune.export import archive
+from fxprune.export.widths import load_widths, save_widths  # noqa: F401 (shipping a model in its own classes)
 
 METADATA = "fxprune.json"
 

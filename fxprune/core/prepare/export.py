@@ -43,6 +43,7 @@ from fxprune.core.tensors import eval_mode
 from fxprune.errors import TraceError
 
 _TORCH_FILES = ("/torch/", "/torchvision/", "/transformers/", "/timm/", "/ultralytics/")
+RECORDED = "export_recorded"  # the draft's holder of what export recorded beside the model's own tensors
 
 
 def capture_with_export(model: nn.Module, args: tuple, kwargs: dict, config: PruneConfig) -> tuple:
@@ -92,15 +93,24 @@ def _draft(root: nn.Module, program) -> Draft:
     """
     unlifted = program.module()
     graph = unlifted.graph
-    for node in graph.nodes:
-        if node.op == "call_module" and not hasattr(root, node.target):  # torch.export's checks of input sizes
-            root.add_module(node.target, unlifted.get_submodule(node.target))
+    recorded = nn.Module()  # what export recorded beside the model's own tensors; the model itself keeps as it was
     own = {name for name, _ in root.named_parameters(remove_duplicate=False)} | \
         {name for name, _ in root.named_buffers(remove_duplicate=False)}
     for node in graph.nodes:
-        if node.op == "get_attr" and node.target not in own:
-            _set_attribute(root, node.target, _attribute(unlifted, node.target))
-    return draft_over(root, graph)
+        if node.op == "call_module" and not hasattr(root, node.target):  # torch.export's checks of input sizes
+            recorded.add_module(node.target, unlifted.get_submodule(node.target))
+            node.target = f"{RECORDED}.{node.target}"
+        elif node.op == "get_attr" and node.target not in own:
+            value = _attribute(unlifted, node.target)
+            name = f"c{len(recorded._buffers) + len(recorded._modules)}"
+            while hasattr(recorded, name):
+                name += "_"
+            if isinstance(value, torch.Tensor):
+                recorded.register_buffer(name, value, persistent=False)
+            else:
+                setattr(recorded, name, value)
+            node.target = f"{RECORDED}.{name}"
+    return draft_over(root, graph, {RECORDED: recorded})
 
 
 def dynamic_shape_choices(root: nn.Module, args: tuple, kwargs: dict, config: Optional[PruneConfig] = None):
@@ -217,14 +227,3 @@ def _attribute(root: nn.Module, target: str) -> Any:
     for part in target.split("."):
         value = getattr(value, part)
     return value
-
-
-def _set_attribute(root: nn.Module, target: str, value: Any) -> None:
-    owner, _, attr = target.rpartition(".")
-    module = root.get_submodule(owner) if owner else root
-    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-        if attr in vars(module):  # a plain attribute of the model's: it becomes a buffer with export's value
-            delattr(module, attr)
-        module.register_buffer(attr, value, persistent=False)
-    else:
-        setattr(module, attr, value)
