@@ -2,6 +2,7 @@
 
     pm = fxprune.prepare(model)          # capture, find coupled channels, insert masks
     fxprune.prune_by_importance(pm, 0.5)  # or train the masks (EPFS, OICSR)
+    fxprune.reconstruct(pm, batches)     # optional: kept channels make up for removed ones (no labels)
     small = fxprune.finalize(pm)         # a GraphModule with physically smaller tensors
     fxprune.export.save(small, "small.pt2", x)   # ship it: fxprune.export.load opens it without pickle
 
@@ -36,6 +37,7 @@ _PUBLIC = {
         "channel_importance", "prune_by_importance", "relative_to_group")},
     **{name: ("fxprune.methods.oicsr", name) for name in (
         "OutInGroupLasso", "greedy_prune", "oicsr_importance", "relative_oicsr_importance")},
+    "reconstruct": ("fxprune.methods.reconstruct", "reconstruct"),
     **{name: ("fxprune.report", name) for name in (
         "branches", "channel_groups", "dependency_graph", "prunable_share")},
     "Count": ("fxprune.report.count", "Count"),
