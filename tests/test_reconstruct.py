@@ -6,7 +6,9 @@ import torch.nn as nn
 from helpers import assert_finalized_equals_masked, randomize
 
 import fxprune
-from fxprune.methods.reconstruct import SecondMoments
+from fxprune.methods.reconstruct import JointMoments
+
+TARGETS = pytest.mark.parametrize("target", ["dense", "removed"])
 
 
 def low_rank(width: int = 8) -> nn.Module:
@@ -25,14 +27,15 @@ def zero_half(pm) -> None:
             mask[mask.numel() // 2:] = 0
 
 
-def test_channels_that_are_linear_in_the_kept_ones_are_recovered_exactly():
+@TARGETS
+def test_channels_that_are_linear_in_the_kept_ones_are_recovered_exactly(target):
     model = low_rank()
     pm = fxprune.prepare(model, torch.randn(1, 3, 6, 6))
     x = torch.randn(5, 3, 6, 6)
     dense = model(x)
     zero_half(pm)
     assert (pm(x) - dense).abs().max() > 0.1  # pruning alone changes the output
-    result = fxprune.reconstruct(pm, calibration(), ridge=1e-10)
+    result = fxprune.reconstruct(pm, calibration(), ridge=1e-10, target=target)
     assert {f.site for f in result.fits} == {"s0", "s1"} and all(f.unexplained < 1e-6 for f in result.fits)
     torch.testing.assert_close(pm(x), dense, atol=1e-4, rtol=1e-4)
     small = assert_finalized_equals_masked(pm)  # the reconstructed masked model is what finalize reproduces
@@ -40,14 +43,15 @@ def test_channels_that_are_linear_in_the_kept_ones_are_recovered_exactly():
     assert small.get_submodule("1").in_channels == 4
 
 
-def test_the_intercept_goes_into_the_batchnorm_after_a_layer_without_bias():
+@TARGETS
+def test_the_intercept_goes_into_the_batchnorm_after_a_layer_without_bias(target):
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6)))
     model.eval()
     pm = fxprune.prepare(model, torch.randn(1, 3, 6, 6))
     x = torch.randn(5, 3, 6, 6)
     dense = model(x)
     zero_half(pm)
-    fxprune.reconstruct(pm, calibration(), ridge=1e-10)
+    fxprune.reconstruct(pm, calibration(), ridge=1e-10, target=target)
     torch.testing.assert_close(pm.eval()(x), dense, atol=1e-4, rtol=1e-4)
     assert_finalized_equals_masked(pm)
 
@@ -68,13 +72,14 @@ class Residual(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-def test_residual_and_concat_groups_are_compensated_at_each_of_their_sites():
+@TARGETS
+def test_residual_and_concat_groups_are_compensated_at_each_of_their_sites(target):
     model = randomize(Residual())
     pm = fxprune.prepare(model, torch.randn(1, 3, 6, 6))
     x = torch.randn(5, 3, 6, 6)
     dense = model(x)
     zero_half(pm)
-    result = fxprune.reconstruct(pm, calibration(), ridge=1e-10)
+    result = fxprune.reconstruct(pm, calibration(), ridge=1e-10, target=target)
     state_sites = fxprune.core.ir.state_of(pm).sites
     by_group = {}
     for fit in result.fits:
@@ -87,7 +92,8 @@ def test_residual_and_concat_groups_are_compensated_at_each_of_their_sites():
     assert_finalized_equals_masked(pm)
 
 
-def test_fractional_masks_are_fitted_as_the_consumer_reads_them():
+@TARGETS
+def test_fractional_masks_are_fitted_as_the_consumer_reads_them(target):
     model = low_rank()
     pm = fxprune.prepare(model, torch.randn(1, 3, 6, 6))
     gen = torch.Generator().manual_seed(1)
@@ -98,30 +104,45 @@ def test_fractional_masks_are_fitted_as_the_consumer_reads_them():
     before_cut = pm(x)
     reference = {name: m.detach().clone() for name, m in pm.fxprune.masks.items()}
     zero_half(pm)
-    fxprune.reconstruct(pm, calibration(), ridge=1e-10, reference=reference)
+    fxprune.reconstruct(pm, calibration(), ridge=1e-10, reference=reference, target=target)
     torch.testing.assert_close(pm(x), before_cut, atol=1e-4, rtol=1e-4)
     assert_finalized_equals_masked(pm)
 
 
-def test_statistics_stay_the_same_size_however_many_batches_stream_through():
+@pytest.mark.parametrize("patches", [True, False])
+def test_statistics_stay_the_same_size_however_many_batches_stream_through(patches):
     sizes = []
     for n in (2, 20):
         pm = fxprune.prepare(low_rank(), torch.randn(1, 3, 6, 6))
         zero_half(pm)
-        result = fxprune.reconstruct(pm, (b for b in calibration(n)), sequential=False)  # one pass, read once
+        result = fxprune.reconstruct(pm, (b for b in calibration(n)), sequential=False, patches=patches)  # read once
         assert result.images == 8 * n and result.passes == 1
         sizes.append(result.statistics_bytes)
-    assert sizes[0] == sizes[1] == 2 * (8 + 8 * 8) * 8  # two sites of 8 channels, float64
+    assert sizes[0] == sizes[1]
+
+    def floats(kept, fitted):  # sums of z, t and t^2; z z^T; t z^T
+        return kept + 2 * fitted + kept * kept + fitted * kept
+
+    width = 9 if patches else 1  # the 3x3 convolution reads patches: 9 columns per channel
+    assert sizes[0] == 8 * (floats(4, 8) + floats(4 * width, 8 * width))  # two sites of 8 channels, float64
 
 
-def test_second_moments_match_the_covariance_of_all_samples():
-    x = torch.randn(6, 5, 3, 3, dtype=torch.float64)
-    moments = SecondMoments(5)
-    for part in x.split(2):
-        moments.add(part, dim=1)
-    flat = x.movedim(1, -1).reshape(-1, 5)
-    torch.testing.assert_close(moments.mean(), flat.mean(0))
-    torch.testing.assert_close(moments.covariance(), torch.cov(flat.T, correction=0))
+def test_joint_moments_match_the_covariances_of_all_samples():
+    z, t = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)
+    moments = JointMoments(3, 2)
+    for a, b in zip(z.split(7), t.split(7)):
+        moments.add(a, b)
+    czz, ctz, var_t = moments.covariances()
+    joint = torch.cov(torch.cat([z, t], 1).T, correction=0)
+    torch.testing.assert_close(czz, joint[:3, :3])
+    torch.testing.assert_close(ctz, joint[3:, :3])
+    torch.testing.assert_close(var_t, joint[3:, 3:].diagonal())
+    columns = JointMoments(3, 2)  # the same samples as float32 [images, columns, positions], far from zero
+    for a, b in zip(z.view(8, 5, 3).transpose(1, 2).split(3), t.view(8, 5, 2).transpose(1, 2).split(3)):
+        columns.add((a + 1e3).float(), (b - 1e3).float())
+    for got, want in zip(columns.covariances(), (czz, ctz, var_t)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(columns.means()[0], z.mean(0) + 1e3)
 
 
 def test_consumers_that_cannot_take_a_fit_are_skipped_with_a_reason():
@@ -167,3 +188,21 @@ def test_nothing_removed_changes_nothing():
     result = fxprune.reconstruct(pm, calibration())
     assert result.fits == [] and result.images == 32
     assert all(torch.equal(v, weights[k]) for k, v in pm.state_dict().items())
+
+
+def test_the_dense_target_also_corrects_what_pruning_upstream_changed():
+    def relu_chain():
+        torch.manual_seed(0)
+        return randomize(nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1),
+                                       nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 4, 1)))
+
+    x = torch.randn(16, 3, 6, 6)
+    dense = relu_chain()(x).detach()
+    errors = {}
+    for target in ("dense", "removed"):
+        pm = fxprune.prepare(relu_chain(), torch.randn(1, 3, 6, 6))
+        zero_half(pm)
+        fxprune.reconstruct(pm, calibration(8), ridge=1e-3, target=target)
+        errors[target] = float((pm(x) - dense).detach().pow(2).mean())
+        assert_finalized_equals_masked(pm)
+    assert errors["dense"] < errors["removed"], errors
