@@ -95,7 +95,8 @@ def choose_hyperparameters(args, ctx, dense, seed: int) -> dict:
         for value in values:
             cut = finalized(pruned_model(base, value, dense, ctx, args, seed).pm, ctx["calib"])
             scores[str(value)] = evaluate(cut, ctx["data"].val)
-            print(f"grid {base} {name}={value}: validation {100 * scores[str(value)]:.2f}", flush=True)
+            print(f"grid {base} {name or 'no hyper-parameter'}={value}: validation {100 * scores[str(value)]:.2f}",
+                  flush=True)
         value = values[max(range(len(values)), key=lambda i: scores[str(values[i])])]
         ridges = {}  # per ridge, validation top-1 as reconstructed, and with BatchNorm recalibrated after
         for ridge in args.ridge:

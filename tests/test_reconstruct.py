@@ -206,3 +206,22 @@ def test_the_dense_target_also_corrects_what_pruning_upstream_changed():
         errors[target] = float((pm(x) - dense).detach().pow(2).mean())
         assert_finalized_equals_masked(pm)
     assert errors["dense"] < errors["removed"], errors
+
+
+def test_a_consumer_with_tied_weights_is_left_alone_with_its_reason():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(3, 8)
+            self.left, self.right = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.right.weight = self.left.weight  # one weight, two layers
+
+        def forward(self, x):
+            return self.left(self.a(x)) + self.right(self.b(x))
+
+    pm = fxprune.prepare(randomize(Tied()), torch.randn(2, 3))
+    zero_half(pm)
+    result = fxprune.reconstruct(pm, [torch.randn(16, 3) for _ in range(2)])
+    reasons = " ".join(result.skipped.values())
+    assert result.fits == [] and "untied" in reasons, result
+    assert_finalized_equals_masked(pm)
