@@ -86,18 +86,29 @@ def _diff(d) -> str:
     return f"{100 * d['mean']:+.2f}" + (f" ± {100 * d['se']:.2f}" if d["se"] is not None else "")
 
 
+def _no_ft_cell(row: dict, kind: str) -> str:
+    if f"no_finetune_{kind}" not in row:
+        return ""
+    gap = row.get(f"no_finetune_{kind}_vs_dense_start")
+    return _pct(row[f"no_finetune_{kind}"]) + (f" ({_diff(gap)})" if gap else "")
+
+
 def table(rows: list, dense_starts: dict) -> str:
     start = [d["test"] for d in dense_starts.values() if d]
+    best = next((r["best_baseline"] for r in rows if r["best_baseline"]), None)
+    versus = [("vs dense (± se)", "vs_dense"), ("vs l1 (± se)", "vs_l1")]
+    if best not in (None, "l1"):
+        versus.insert(1, (f"vs {best}, the best baseline (± se)", "vs_best_baseline"))
     body = [[r["method"], len(r["seeds"]), _pct(r["top1"]) + (f" ± {100 * r['top1_sd']:.2f}" if r["top1_sd"] else ""),
-             _diff(r["vs_dense"]), _diff(r["vs_best_baseline"]), _diff(r["vs_l1"]),
-             _pct(r.get("no_finetune_recalibrated")), _pct(r.get("no_finetune_reconstructed")),
+             *[_diff(r[key]) for _, key in versus],
+             *[_no_ft_cell(r, kind) for kind in ("recalibrated", "reconstructed")],
              f"{r['macs'] / 1e6:.1f}", f"{100 * r['macs_reduction']:.1f}%", f"{100 * r['params_reduction']:.1f}%",
              r["epochs"]] for r in rows]
-    best = next((r["best_baseline"] for r in rows if r["best_baseline"]), "-")
-    text = tabulate(body, headers=["method", "starts", "top-1 % (± sd)", "vs dense (± se)",
-                                   f"vs {best} (± se)", "vs l1 (± se)", "no fine-tuning: BN recal.",
-                                   "no fine-tuning: recon. + BN recal.", "MMACs", "MACs removed", "params removed",
-                                   "epochs"], tablefmt="github")
+    text = tabulate(body, headers=["method", "starts", "top-1 % (± sd)", *[h for h, _ in versus],
+                                   "no fine-tuning: BN recalibrated (vs dense start)",
+                                   "no fine-tuning: reconstructed (vs dense start)",
+                                   "MMACs", "MACs removed", "params removed", "epochs"],
+                    tablefmt="github", disable_numparse=True)
     if start:
         text += f"\n\nDense starts (before the method epochs), test top-1: {np.mean(start) * 100:.2f}% " \
                 f"(per start: {' '.join(f'{100 * s:.2f}' for s in start)})"
