@@ -5,8 +5,12 @@
 # gets through many dense starts faster as parallel processes than one after another:
 #
 #     JOBS=8 benchmarks/cifar10_seeds.sh "3 4 5 6 7 8 9 10" --data DIR --model resnet20 \
-#         --protocol quick --target 0.48 --methods dense epfs l1 slimming --device cuda \
-#         --dense-per-seed --out out/cifar10-gpu
+#         --protocol quick --methods dense l1 l1+rec epfs epfs+rec slimming --device cuda \
+#         --dense-per-seed --grid-seed 3 --out out/cifar10-gpu
+#
+# Hyper-parameters are chosen once, on the grid seed's validation: run that seed alone first
+# (cifar10.py --seeds 3 --grid-seed 3 ...) so that grid.json exists before the processes start,
+# and give every process the same --grid-seed.
 #
 # Every argument after the seeds goes to each process (give --out, and --dense-per-seed for a
 # dense start per seed); each process gets --seeds N --threads ${THREADS:-1} --no-progress and

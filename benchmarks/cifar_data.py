@@ -27,6 +27,7 @@ import hashlib
 import os
 import pickle
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -174,3 +175,46 @@ def cifar10_loaders(root: os.PathLike, batch_size: int = 128, *, test_batch_size
     train = ImageBatches(*splits[0], batch_size, shuffle=True, augment=True, seed=seed, mean=MEAN, std=STD)
     test = ImageBatches(*splits[1], test_batch_size, shuffle=False, augment=False, seed=seed, mean=MEAN, std=STD)
     return train, test
+
+
+@dataclass
+class Splits:
+    """Training images split into train and a held-out validation set, and the test set.
+
+    ``calibration`` yields plain (not augmented) batches of training images, in a fixed
+    shuffled order: what BatchNorm recalibration and reconstruction see (never labels).
+    """
+
+    train: ImageBatches
+    val: ImageBatches
+    test: ImageBatches
+    calibration: ImageBatches
+    val_indices: torch.Tensor
+
+
+def cifar10_splits(root: os.PathLike, batch_size: int = 128, *, validation: int = 5000, split_seed: int = 0,
+                   test_batch_size: int = 500, subset: Optional[int] = None, seed: int = 0,
+                   cache_dir: Optional[os.PathLike] = None, scratch_dir: os.PathLike = "/tmp/fxprune-data") -> Splits:
+    """Like :func:`cifar10_loaders`, with ``validation`` training images held out (a random
+    permutation drawn from ``split_seed``, the same for every run seed) for choosing hyper-parameters.
+
+    Example::
+
+        data = cifar10_splits(root, validation=5000)
+        len(data.train.labels), len(data.val.labels)   # (45000, 5000)
+    """
+    train, test = cifar10_loaders(root, batch_size, test_batch_size=test_batch_size, subset=subset, seed=seed,
+                                  cache_dir=cache_dir, scratch_dir=scratch_dir)
+    images, labels = train.images, train.labels
+    if not 0 < validation < len(labels):
+        raise ValueError(f"validation must be between 1 and {len(labels) - 1} images, got {validation}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    held, kept = order[:validation].sort().values, order[validation:].sort().values
+    plain = {"augment": False, "mean": MEAN, "std": STD}
+    return Splits(
+        train=ImageBatches(images[kept], labels[kept], batch_size, shuffle=True, augment=True, seed=seed,
+                           mean=MEAN, std=STD),
+        val=ImageBatches(images[held], labels[held], test_batch_size, shuffle=False, **plain),
+        test=test,
+        calibration=ImageBatches(images[kept], labels[kept], batch_size, shuffle=True, seed=split_seed, **plain),
+        val_indices=held)

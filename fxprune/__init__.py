@@ -2,6 +2,7 @@
 
     pm = fxprune.prepare(model)          # capture, find coupled channels, insert masks
     fxprune.prune_by_importance(pm, 0.5)  # or train the masks (EPFS, OICSR)
+    fxprune.reconstruct(pm, batches)     # optional: kept channels make up for removed ones (no labels)
     small = fxprune.finalize(pm)         # a GraphModule with physically smaller tensors
     fxprune.export.save(small, "small.pt2", x)   # ship it: fxprune.export.load opens it without pickle
 
@@ -29,6 +30,7 @@ _NAMES = {
     "fxprune.methods.fista": ("FISTA",),
     "fxprune.methods.importance": ("channel_importance", "prune_by_importance", "relative_to_group"),
     "fxprune.methods.oicsr": ("OutInGroupLasso", "greedy_prune", "oicsr_importance", "relative_oicsr_importance"),
+    "fxprune.methods.reconstruct": ("reconstruct",),
     "fxprune.report": ("branches", "channel_groups", "dependency_graph", "prunable_share"),
     "fxprune.report.count": ("Count", "count"),
 }

@@ -32,10 +32,15 @@ def fake_cifar(tmp_path, monkeypatch):
     return tmp_path
 
 
+# 20 of the 100 fake training images held out; one value per grid unless a test gives more
+SMALL = ["--validation", "20", "--calib-images", "16", "--mask-l1", "0.003", "--oicsr-lam", "5e-4",
+         "--slim-lam", "1e-4", "--ridge", "0.01"]
+
+
 def _run(cifar10, data, out, *extra, methods=("dense", "l1")):
     flags = ["--data", str(data), "--model", "resnet20", "--methods", *methods, "--dense-epochs", "1",
              "--method-epochs", "1", "--sparse-epochs", "1", "--target", "0.3", "--threads", "1",
-             "--out", str(out), "--no-progress"]
+             "--out", str(out), "--no-progress", *SMALL]
     assert cifar10.main(flags + list(extra)) == 0
     return json.loads((out / "resnet20" / "summary.json").read_text())
 
@@ -44,7 +49,7 @@ def test_dense_per_seed_trains_one_start_per_seed_and_records_it(cifar10, fake_c
     out = fake_cifar / "out"
     summary = _run(cifar10, fake_cifar, out, "--seeds", "1", "2", "--dense-per-seed")
     assert sorted(p.name for p in (out / "resnet20").glob("dense-*.pt")) == [
-        "dense-resnet20-1-seed1.pt", "dense-resnet20-1-seed2.pt"]
+        "dense-resnet20-1-val20-seed1.pt", "dense-resnet20-1-val20-seed2.pt"]
     for seed in (1, 2):
         saved = json.loads((out / "resnet20" / f"seed{seed}" / "results.json").read_text())
         assert saved["dense_seed"] == seed and {r["method"] for r in saved["rows"]} == {"dense", "l1"}
@@ -54,7 +59,7 @@ def test_dense_per_seed_trains_one_start_per_seed_and_records_it(cifar10, fake_c
     # the same seeds with the shared start (seed 0's) must not reuse rows that began elsewhere
     before = (out / "resnet20" / "seed1" / "results.json").read_text()
     _run(cifar10, fake_cifar, out, "--seeds", "1")
-    assert (out / "resnet20" / "dense-resnet20-1.pt").exists()
+    assert (out / "resnet20" / "dense-resnet20-1-val20.pt").exists()
     assert json.loads((out / "resnet20" / "seed1" / "results.json").read_text())["dense_seed"] == 0
     assert (out / "resnet20" / "seed1" / "results.json").read_text() != before
 
@@ -75,7 +80,7 @@ def test_report_tables_seeds_that_ran_as_separate_processes(cifar10, fake_cifar)
     for seed in ("1", "2"):  # as a GPU run does: one process per seed, all writing under one --out
         _run(cifar10, fake_cifar, out, "--seeds", seed, "--dense-per-seed")
     flags = ["--data", "/nonexistent", "--model", "resnet20", "--dense-epochs", "1", "--method-epochs", "1",
-             "--sparse-epochs", "1", "--target", "0.3", "--out", str(out), "--dense-per-seed", "--report"]
+             "--sparse-epochs", "1", "--target", "0.3", "--out", str(out), "--dense-per-seed", "--report", *SMALL]
     assert cifar10.main(flags + ["--seeds", "1", "2", "3"]) == 0  # trains nothing, so needs no data; seed 3 never ran
     summary = json.loads((out / "resnet20" / "summary.json").read_text())
     assert summary["seeds"] == [1, 2]
@@ -89,7 +94,8 @@ def test_seeds_script_runs_each_seed_in_its_own_process_then_tables_them_all(cif
     out, logs = fake_cifar / "out", fake_cifar / "logs"
     env = {**os.environ, "PYTHON": sys.executable, "JOBS": "2", "LOG_DIR": str(logs)}
     flags = ["--data", str(fake_cifar), "--model", "resnet20", "--methods", "dense", "l1", "--dense-epochs", "1",
-             "--method-epochs", "1", "--sparse-epochs", "1", "--target", "0.3", "--dense-per-seed", "--out", str(out)]
+             "--method-epochs", "1", "--sparse-epochs", "1", "--target", "0.3", "--dense-per-seed", "--out", str(out),
+             *SMALL]
     done = subprocess.run(["bash", str(BENCHMARKS / "cifar10_seeds.sh"), "1 2 3", *flags], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -97,6 +103,35 @@ def test_seeds_script_runs_each_seed_in_its_own_process_then_tables_them_all(cif
     summary = json.loads((out / "resnet20" / "summary.json").read_text())
     assert summary["seeds"] == [1, 2, 3]
     assert {r["method"]: r["seeds"] for r in summary["rows"]} == {"dense": [1, 2, 3], "l1": [1, 2, 3]}
+
+
+def test_grids_choose_on_validation_and_every_pruned_row_is_read_before_fine_tuning(cifar10, fake_cifar):
+    out = fake_cifar / "out"
+    summary = _run(cifar10, fake_cifar, out, "--seeds", "0", "--mask-l1", "0.001", "0.01", "--ridge", "0.01", "1.0",
+                   methods=("dense", "l1", "l1+rec", "epfs+rec"))
+    grid = json.loads((out / "resnet20" / "grid.json").read_text())["methods"]
+    assert set(grid) == {"l1", "epfs"}
+    assert set(grid["epfs"]["validation_top1"]) == {"0.001", "0.01"} and grid["epfs"]["value"] in (0.001, 0.01)
+    assert set(grid["l1"]["ridge_validation_top1"]) == {"0.01", "1.0"}
+    rows = {r["method"]: r for r in summary["per_seed"]["0"].values()}
+    for method in ("l1", "l1+rec", "epfs+rec"):
+        assert set(rows[method]["no_finetune"]) == {"recalibrated", "reconstructed"}
+        assert rows[method]["hyperparameters"]["ridge"] == grid[method.removesuffix("+rec")]["ridge"]
+        assert rows[method]["no_finetune"]["reconstructed"]["macs"] == rows[method]["macs"]
+    assert rows["l1+rec"]["reconstruction"]["sites"] > 0
+    table = {r["method"]: r for r in summary["rows"]}
+    assert table["l1+rec"]["vs_l1"]["n"] == 1 and table["l1+rec"]["best_baseline"] == "l1"
+    assert summary["dense_starts"]["0"]["val"] is not None and (out / "resnet20" / "accuracy_vs_macs.png").exists()
+
+
+def test_validation_is_held_out_of_training_the_same_way_for_every_run_seed(fake_cifar):
+    from benchmarks.cifar_data import cifar10_splits
+
+    a, b = (cifar10_splits(fake_cifar, 16, validation=20, seed=s) for s in (0, 3))
+    assert len(a.val.labels) == 20 and len(a.train.labels) == 80
+    assert torch.equal(a.val_indices, b.val_indices)
+    held, trained = ({image.numpy().tobytes() for image in split.images} for split in (a.val, a.train))
+    assert len(held) == 20 and not held & trained
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
