@@ -48,9 +48,9 @@ def test_zoo_model_prunes_exactly(name):
     else:
         own = fxprune.finalize(pm, keep_classes=True)
         assert type(own) is type(model) and own.fxprune_equivalence_error < 1e-4
+        x2 = small_input(name, batch=2)
         with torch.no_grad():
-            torch.testing.assert_close(own.eval()(small_input(name, batch=2)), small(small_input(name, batch=2)),
-                                       rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(own.eval()(x2), small(x2), rtol=1e-4, atol=1e-4)
 
 
 def _is_mlp_hidden(name: str, layer: str) -> bool:
