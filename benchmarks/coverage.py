@@ -3,7 +3,9 @@
 For every classifier: the share of conv and linear output channels that are prunable
 (outside the classifier), then one-shot pruning at ratio 0.5 (l1, local), MACs and
 parameters before and after, and the largest equivalence error finalize measured
-against the masked model (relative to the largest output). Weights are random but
+against the masked model (relative to the largest output), and whether the model comes back
+as its own classes (``finalize(pm, keep_classes=True)``, checked the same way) or why it
+cannot. Weights are random but
 informative (:func:`fxprune.testing.randomize`); inputs are the smallest each model
 accepts (at least 32 pixels).
 
@@ -43,12 +45,17 @@ def measure(name: str) -> dict:
     small = fxprune.finalize(pm)
     t3 = time.perf_counter()
     before, after = fxprune.count(model, x), fxprune.count(small, x)
+    try:
+        own = fxprune.finalize(pm, keep_classes=True)
+        keep = {"keep_classes": type(own) is type(model), "keep_classes_error": own.fxprune_equivalence_error}
+    except fxprune.FxPruneError as e:  # refused, with the reason: the GraphModule above is the result
+        keep = {"keep_classes": False, "keep_classes_refused": str(e).splitlines()[0]}
     return {
         "model": name, "input": list(x.shape), "prunable_share": fxprune.prunable_share(pm),
         "groups": len(fxprune.channel_groups(pm)), "branches": len(fxprune.branches(pm)),
         "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
         "params_after": after.params, "equivalence_error": small.fxprune_equivalence_error,
-        "prepare_s": t1 - t0, "finalize_s": t3 - t2,
+        "prepare_s": t1 - t0, "finalize_s": t3 - t2, **keep,
     }
 
 
@@ -61,9 +68,10 @@ def table(rows: list) -> str:
         body.append([r["model"], r["input"][-1], f"{100 * r['prunable_share']:.0f}%",
                      f"{r['macs_before'] / 1e6:.1f} -> {r['macs_after'] / 1e6:.1f}",
                      f"{r['params_before'] / 1e6:.2f} -> {r['params_after'] / 1e6:.2f}",
-                     f"{100 * (1 - r['macs_after'] / r['macs_before']):.0f}%", f"{r['equivalence_error']:.1e}"])
+                     f"{100 * (1 - r['macs_after'] / r['macs_before']):.0f}%", f"{r['equivalence_error']:.1e}",
+                     f"{r['keep_classes_error']:.1e}" if r["keep_classes"] else "refused"])
     return tabulate(body, headers=["model", "input", "prunable", "MMACs before -> after", "M params before -> after",
-                                   "MACs removed", "max equiv. error"], tablefmt="github")
+                                   "MACs removed", "max equiv. error", "own classes: error"], tablefmt="github")
 
 
 def main(argv=None) -> int:
@@ -88,12 +96,15 @@ def main(argv=None) -> int:
     ok = [r for r in rows if "error" not in r]
     meta = {"machine": machine(), "command": " ".join(["python benchmarks/coverage.py", *(argv or sys.argv[1:])]),
             "models": len(rows), "exact": len(ok),
-            "max_equivalence_error": max((r["equivalence_error"] for r in ok), default=None)}
+            "max_equivalence_error": max((r["equivalence_error"] for r in ok), default=None),
+            "keep_classes": sum(bool(r.get("keep_classes")) for r in ok),
+            "max_keep_classes_error": max((r["keep_classes_error"] for r in ok if r["keep_classes"]), default=None)}
     with open(os.path.join(args.out, "coverage.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     with open(os.path.join(args.out, "coverage.md"), "w") as f:
         f.write(table(rows) + "\n")
-    print(f"{len(ok)}/{len(rows)} models pruned exactly; largest error {meta['max_equivalence_error']}")
+    print(f"{len(ok)}/{len(rows)} models pruned exactly; largest error {meta['max_equivalence_error']}; "
+          f"{meta['keep_classes']} as their own classes")
     return 0 if len(ok) == len(rows) else 1
 
 
