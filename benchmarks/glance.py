@@ -40,6 +40,8 @@ def zoo(d: dict) -> str:
             f"error {meta['max_equivalence_error']:.1e}")
     if "keep_classes" in meta:
         line += f"; {meta['keep_classes']} of them also come back as their own classes"
+        if meta.get("keep_classes_held"):
+            line += f", and {meta['keep_classes_held']} more when prepared with `PruneConfig(keep_classes=True)`"
     return line + f". {_link('coverage.json')}"
 
 

@@ -31,6 +31,12 @@ class PruneConfig:
             ``"auto"`` (trace, and fall back to torch.export where tracing fails).
         dynamic_shapes: passed to ``torch.export`` instead of fxprune's choice (the batch
             dimension of every input, and the length of token inputs, kept dynamic).
+        keep_classes: prune only what the model's own classes can hold, so that
+            ``finalize(pm, keep_classes=True)`` returns them for any masks: channel groups
+            whose removal the classes' code cannot follow (``nn.MultiheadAttention``'s heads,
+            ShuffleNet's equal halves) are found by trial and frozen, with the reason, and
+            residual branches get no gates. Costs one extra finalize at prepare, and one per
+            group where the first fails.
 
     Example:
         >>> PruneConfig(leaf_modules=["head"], strict=True).strict
@@ -45,3 +51,4 @@ class PruneConfig:
     min_branch_params: int = 1
     capture: str = "auto"
     dynamic_shapes: Optional[Any] = None
+    keep_classes: bool = False

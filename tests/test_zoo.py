@@ -15,7 +15,8 @@ TRANSFORMERS = ("vit", "swin", "maxvit", "convnext")
 # Classes that cannot hold what zero_channels prunes in them, so finalize(keep_classes=True) refuses: the
 # ShuffleNets chunk a tensor into equal halves that pruning makes unequal; nn.MultiheadAttention
 # (ViT) needs its projections as wide as its embedding; Swin and MaxViT derive their head width from
-# their (unpruned) embedding. Every other classifier comes back as its own class.
+# their (unpruned) embedding. Prepared with PruneConfig(keep_classes=True), those channels are frozen
+# and they come back as their own classes too; every other classifier does without it.
 KEEP_CLASSES_REFUSED = ("shufflenet", "vit", "swin", "maxvit")
 
 
@@ -45,12 +46,15 @@ def test_zoo_model_prunes_exactly(name):
     if name.startswith(KEEP_CLASSES_REFUSED):
         with pytest.raises(fxprune.FxPruneError, match="cannot be returned as its own classes"):
             fxprune.finalize(pm, keep_classes=True)
-    else:
-        own = fxprune.finalize(pm, keep_classes=True)
-        assert type(own) is type(model) and own.fxprune_equivalence_error < 1e-4
-        x2 = small_input(name, batch=2)
-        with torch.no_grad():
-            torch.testing.assert_close(own.eval()(x2), small(x2), rtol=1e-4, atol=1e-4)
+        pm = fxprune.prepare(model, x, fxprune.PruneConfig(keep_classes=True))
+        assert 0.4 <= fxprune.prunable_share(pm), fxprune.report.frozen_table(pm)
+        zero_channels(pm, 0.5, seed=1)
+        small = assert_finalized_equals_masked(pm)
+    own = fxprune.finalize(pm, keep_classes=True)
+    assert type(own) is type(model) and own.fxprune_equivalence_error < 1e-4
+    x2 = small_input(name, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(own.eval()(x2), small(x2), rtol=1e-4, atol=1e-4)
 
 
 def _is_mlp_hidden(name: str, layer: str) -> bool:

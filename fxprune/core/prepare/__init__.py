@@ -9,6 +9,7 @@ Each line of :func:`prepare` is a stage, and each stage is a module of this fold
     group.py       atoms become channels, channels that always go together become groups
     branches.py    residual branches that can be removed whole
     insert.py      one mask per group where its channels are mixed, one gate per branch
+    hold.py        with PruneConfig(keep_classes=True): freeze what the user's classes cannot hold, by trial
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fxprune.core.masks import MaskBank
 from fxprune.core.prepare.branches import find_branches
 from fxprune.core.prepare.capture import capture, example_inputs_for, placeholder_values
 from fxprune.core.prepare.group import resolve
+from fxprune.core.prepare.hold import freeze_held, hold_for_classes
 from fxprune.core.prepare.in_place import check_in_place
 from fxprune.core.prepare.insert import insert_gates, insert_masks
 from fxprune.core.prepare.lower import lower_modules
@@ -60,6 +62,13 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
     """
     config = config or PruneConfig()
     example = example_inputs_for(model, example_inputs)
+    pm = _prepare(model, example, config, held=[])
+    if config.keep_classes:
+        pm = hold_for_classes(pm, lambda held: _prepare(model, example, config, held))
+    return pm
+
+
+def _prepare(model: nn.Module, example, config: PruneConfig, held: list) -> torch.fx.GraphModule:
     captured = capture(model, example.args, example.kwargs, config)
     gm = captured.gm
     lower_modules(gm)
@@ -68,8 +77,10 @@ def prepare(model: nn.Module, example_inputs: Any = None, config: Optional[Prune
         check_in_place(gm, flow.shapes)
     except FxPruneError as e:
         raise (with_source_line(e, model, config) if captured.how == "fx" else e) from None
+    freeze_held(flow, held)
     index = resolve(flow)
-    branches = find_branches(gm, flow.shapes, config.min_branch_params) if config.gate_branches else []
+    gated = config.gate_branches and not config.keep_classes  # the user's classes cannot lose a branch
+    branches = find_branches(gm, flow.shapes, config.min_branch_params) if gated else []
     dtype, device = dtype_and_device(gm)
     gm.add_submodule("fxprune", MaskBank([g.size for g in index.groups], [b.name for b in branches], dtype, device))
     sites = insert_masks(gm, list(flow.sites.values()), index)
