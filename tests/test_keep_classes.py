@@ -116,6 +116,56 @@ def test_a_width_hard_coded_in_the_forward_gets_a_clear_error():
     assert "keep_classes=False, the default) returns a GraphModule that is exact" in message
 
 
+def test_prepared_for_keep_classes_freezes_only_what_the_classes_cannot_hold():
+    model = randomize(torchvision.models.shufflenet_v2_x0_5().eval())
+    x = small_input("shufflenet_v2_x0_5")
+    plain = fxprune.prepare(model, x)
+    zero_channels(plain, 0.5, seed=1)
+    with pytest.raises(fxprune.FxPruneError, match="cannot be returned as its own classes"):
+        fxprune.finalize(plain, keep_classes=True)
+    pm = fxprune.prepare(model, x, fxprune.PruneConfig(keep_classes=True))
+    held = fxprune.report.frozen_table(pm)
+    assert "keep_classes: ShuffleNetV2 cannot be returned as its own classes" in held
+    assert 0.5 < fxprune.prunable_share(pm) < fxprune.prunable_share(plain)
+    assert not fxprune.branches(pm)  # its classes cannot lose a branch: no gates
+    for seed in (1, 2):  # any masks now come back as the user's classes
+        zero_channels(pm, 0.5, seed=seed)
+        small = fxprune.finalize(pm, keep_classes=True)
+        assert type(small) is type(model) and small.fxprune_equivalence_error < 1e-4
+        _same_on(small, fxprune.finalize(pm), small_input("shufflenet_v2_x0_5", batch=3))
+
+
+class HalfHardCoded(nn.Module):
+    """One width named in the code (``conv``'s 8, in the reshape), one free (``mid``'s 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mid, self.conv, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(torch.relu(self.mid(x))))
+        return self.head(y.reshape(y.shape[0], 8, -1).mean(-1))
+
+
+def test_keep_classes_at_prepare_freezes_the_hard_coded_width_and_keeps_the_rest():
+    model = randomize(HalfHardCoded().eval())
+    assert len(fxprune.channel_groups(fxprune.prepare(model, torch.randn(2, 3, 4, 4)))) == 2
+    pm = fxprune.prepare(model, torch.randn(2, 3, 4, 4), fxprune.PruneConfig(keep_classes=True))
+    assert [g.size for g in fxprune.channel_groups(pm)] == [6]  # conv's outputs are held, mid's are not
+    assert "[8] -> [7]" in fxprune.report.frozen_table(pm)  # the trial's error is the reason
+    zero_channels(pm, 0.5)
+    small = fxprune.finalize(pm, keep_classes=True)
+    assert type(small) is HalfHardCoded and small.mid.out_channels == 3 and small.conv.out_channels == 8
+
+
+def test_keep_classes_at_prepare_changes_nothing_where_the_classes_hold_everything():
+    model = randomize(torchvision.models.resnet18(num_classes=4).eval())
+    x = torch.randn(1, 3, 32, 32)
+    plain, held = fxprune.prepare(model, x), fxprune.prepare(model, x, fxprune.PruneConfig(keep_classes=True))
+    assert [g.size for g in fxprune.channel_groups(held)] == [g.size for g in fxprune.channel_groups(plain)]
+    assert fxprune.branches(plain) and not fxprune.branches(held)
+
+
 def test_removed_branches_are_refused_up_front():
     pm = fxprune.prepare(randomize(torchvision.models.resnet18(num_classes=4).eval()), torch.randn(1, 3, 32, 32))
     with torch.no_grad():
@@ -156,3 +206,44 @@ def test_load_widths_refuses_another_model(tmp_path):
     path = fxprune.export.save_widths(small, tmp_path / "r.pt")
     with pytest.raises(fxprune.FxPruneError, match="build\\(\\) made a MobileNetV2"):
         fxprune.export.load_widths(path, lambda: torchvision.models.mobilenet_v2())
+
+
+def test_uniform_pruning_updates_the_config_so_the_class_rebuilds_from_it():
+    case = FAMILIES["hf_llama"]()
+    model = randomize(case.model)
+    before = model.config.to_dict()
+    pm = fxprune.prepare(model, case.example)
+    _heads_and_mlp(pm, heads=2)
+    small = fxprune.finalize(pm, keep_classes=True)
+    entries = {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64}
+    assert {k: getattr(small.config, k) for k in entries} == entries
+    assert not hasattr(small, "fxprune_config_differs")
+    assert model.config.to_dict() == before  # the user's config is as it was
+    again = type(small)(small.config)
+    again.load_state_dict(small.state_dict())  # strict: every shape as the config now says
+    with torch.no_grad():  # randomize() changed the rotary frequencies, which the config would give
+        for name, buffer in small.named_buffers():
+            again.get_buffer(name).copy_(buffer)
+    _same_on(again.eval(), small, case.others[0])
+
+
+def test_a_config_that_cannot_say_the_pruned_widths_keeps_them_and_says_so():
+    case = FAMILIES["hf_gpt2"]()
+    pm = fxprune.prepare(randomize(case.model), case.example)
+    _heads_and_mlp(pm, heads=4)
+    small = fxprune.finalize(pm, keep_classes=True)
+    assert small.config.n_inner == 128  # the MLP's width: GPT-2's config can say it
+    assert small.config.n_head == 4  # two heads of 16 in a width of 64 it cannot: n_embd / n_head is the head width
+    assert small.fxprune_config_differs == {"num_attention_heads": [2, 2]}
+    assert all(block.attn.num_heads == 2 for block in small.transformer.h)  # the modules' own counts follow
+
+
+def test_layers_pruned_differently_leave_the_config_and_say_so():
+    case = FAMILIES["hf_llama"]()
+    pm = fxprune.prepare(randomize(case.model), case.example)
+    mlp = [g for g in fxprune.channel_groups(pm) if "mlp" in " ".join(map(str, g.members))]
+    with torch.no_grad():
+        pm.fxprune.masks[mlp[0].name][:3] = 0  # one MLP loses 3 channels, the other none
+    small = fxprune.finalize(pm, keep_classes=True)
+    assert small.config.intermediate_size == case.model.config.intermediate_size
+    assert small.fxprune_config_differs == {"intermediate_size": [125, 128]}

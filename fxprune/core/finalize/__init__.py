@@ -11,6 +11,7 @@ Each line of :func:`finalize` is a stage, and each stage is a module of this fol
     in_place.py         the user's ``a += b`` made in place again where nothing can tell
     verify.py           the result must compute what the masked model computes
     keep_classes.py     on request, the result as the user's own classes, checked the same way
+    follow_config.py    ... whose head counts and config follow its layers (Hugging Face conventions)
                         (approximate.py: which outputs ``approximate_norms`` lets differ)
 """
 

@@ -9,6 +9,9 @@ in the graph follow it:
     graph:   view(x, B, 2, 58, H, W) -> view(x, B, 2, 29, H, W)     made in module stage2.0
     model:   stage2.0.branch_width == 58                             -> 29
 
+Once the copy passes its check, head counts and the model's config follow its layers
+(:mod:`fxprune.core.finalize.follow_config`), where every layer agrees.
+
 What cannot follow refuses, never half-done: a value the graph rewrote that no single
 attribute of its module holds (a constant in the code, or an attribute that would need two
 values), a scale finalize had to keep as a multiply, a removed residual branch. Either way
@@ -27,6 +30,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxprune.core.copies import copy_module
+from fxprune.core.finalize.follow_config import follow_config
 from fxprune.core.finalize.share import drop_fxprune_hooks
 from fxprune.core.finalize.verify import verify
 from fxprune.core.ir import SAME_LAYOUT
@@ -62,6 +66,7 @@ def into_user_classes(prepared, finalized: torch.fx.GraphModule, state, plan, ch
         drop_fxprune_hooks(model)
         try:
             model.fxprune_equivalence_error = verify(prepared, model, state, threshold, plan)
+            follow_config(model, lambda m: verify(prepared, m, state, threshold, plan))
             return model
         except Exception as e:  # a forward that breaks on the new sizes, or a result that differs
             failure = failure or (e, unresolved)
