@@ -208,7 +208,7 @@ def test_load_widths_refuses_another_model(tmp_path):
         fxprune.export.load_widths(path, lambda: torchvision.models.mobilenet_v2())
 
 
-def test_uniform_pruning_updates_the_config_so_the_class_rebuilds_from_it():
+def test_uniform_pruning_updates_the_config_so_the_class_rebuilds_from_it(tmp_path):
     case = FAMILIES["hf_llama"]()
     model = randomize(case.model)
     before = model.config.to_dict()
@@ -225,6 +225,9 @@ def test_uniform_pruning_updates_the_config_so_the_class_rebuilds_from_it():
         for name, buffer in small.named_buffers():
             again.get_buffer(name).copy_(buffer)
     _same_on(again.eval(), small, case.others[0])
+    small.save_pretrained(tmp_path)  # Hugging Face's own round trip: config.json and safetensors
+    reloaded = type(small).from_pretrained(tmp_path)
+    assert {k: v.shape for k, v in reloaded.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
 
 
 def test_a_config_that_cannot_say_the_pruned_widths_keeps_them_and_says_so():
