@@ -116,6 +116,13 @@ def cifar_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def reconstruction(d: dict) -> str:
+    median = d["median_seconds"]
+    return (f"- **Reconstruction** of a CIFAR {d['model']} at half its MACs from {d['images']:,} unlabelled images: "
+            + ", ".join(f"{s:.1f} s on {t} core{'s' if t != '1' else ''}" for t, s in median.items())
+            + f" (median of {len(d['runs'][next(iter(median))])}). {_link('reconstruct.json')}")
+
+
 def section() -> str:
     """The lines between the markers: one per result file present."""
     lines = []
@@ -125,6 +132,8 @@ def section() -> str:
             lines.append(render(d))
     for path in sorted(RESULTS.glob("cifar10-*.json")):
         lines.append(cifar(json.loads(path.read_text()), path.name))
+    if (d := _load("reconstruct.json")) is not None:
+        lines.append(reconstruction(d))
     return "\n".join(lines)
 
 

@@ -1,9 +1,11 @@
 """fxprune.reconstruct: removed channels made up for by the kept ones, and finalize still exact."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
-from helpers import assert_finalized_equals_masked, randomize
+from helpers import assert_finalized_equals_masked, benchmark_script, randomize
 
 import fxprune
 from fxprune.methods.reconstruct import JointMoments
@@ -225,3 +227,14 @@ def test_a_consumer_with_tied_weights_is_left_alone_with_its_reason():
     reasons = " ".join(result.skipped.values())
     assert result.fits == [] and "untied" in reasons, result
     assert_finalized_equals_masked(pm)
+
+
+def test_reconstruction_time_benchmark_records_each_run_and_the_median(tmp_path):
+    with benchmark_script("reconstruct_time") as bench:
+        assert bench.main(["--images", "128", "--batch", "64", "--threads", "1", "--repeats", "2",
+                           "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "reconstruct.json").read_text())
+    runs = record["runs"]["1"]
+    assert len(runs) == 2 and all(r["images"] == 128 and r["sites"] > 0 for r in runs)
+    assert min(r["seconds"] for r in runs) <= record["median_seconds"]["1"] <= max(r["seconds"] for r in runs)
+    assert record["command"].startswith("python benchmarks/reconstruct_time.py")

@@ -25,7 +25,7 @@ def _family(name: str) -> str:
 
 
 @pytest.mark.zoo
-@pytest.mark.timeout(900)  # the largest transformers are prepared twice, the second time holding what their classes cannot
+@pytest.mark.timeout(900)  # the largest transformers are prepared twice, the second time holding what classes cannot
 @pytest.mark.parametrize("name", torchvision_classifiers())
 def test_zoo_model_prunes_exactly(name):
     torch.manual_seed(0)
