@@ -43,6 +43,11 @@ class ParamRecord:
     shape: tuple = ()
     frozen: dict = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """The tensor's dotted name by its first holder (``layer1.0.conv1.weight``)."""
+        return ".".join(p for p in self.refs[0] if p)
+
 
 @dataclass
 class MaskSite:

@@ -77,6 +77,6 @@ def tied_slices(pm, roles=ROLES) -> list:
                     rows.append(torch.from_numpy(ok))
                     channels.append(torch.from_numpy(cids[ok, j].copy()))
             if rows:
-                out.append(Slice(f"{owner}.{attr}" if owner else attr, tensor, d, role, rows, channels))
+                out.append(Slice(record.name, tensor, d, role, rows, channels))
     return out
 

@@ -51,13 +51,12 @@ def layer_rows(pm) -> list:
     for record in state_of(pm).index.params:
         if len(record.shape) < 2:
             continue  # biases follow their weight
-        owner, attr = record.refs[0]
         for d, role in record.roles.items():
             if role != "out":
                 continue
             cids = record.layout[d]
             prunable = int((cids >= 0).any(axis=1).sum()) if cids.shape[1] else 0
-            rows.append(LayerRow(f"{owner}.{attr}" if owner else attr, record.shape[d], prunable,
+            rows.append(LayerRow(record.name, record.shape[d], prunable,
                                  dict(record.frozen.get(d, {}))))
     return rows
 
@@ -130,8 +129,7 @@ def dependency_graph(pm) -> nx.Graph:
                         G.add_edge((kind, name, d, i), unit[cid])
 
     for record in index.params:
-        owner, attr = record.refs[0]
-        add("param", f"{owner}.{attr}" if owner else attr, record.layout)
+        add("param", record.name, record.layout)
     for name, lay in index.node_layouts.items():
         if isinstance(lay, tuple) and lay and all(hasattr(d, "shape") for d in lay):
             add("node", name, lay)

@@ -75,8 +75,7 @@ def layer_channels(pm, finalized: Optional[torch.nn.Module] = None) -> list:
     for record in state.index.params:
         if len(record.shape) < 2:
             continue  # biases follow their weight
-        owner, attr = record.refs[0]
-        name = f"{owner}.{attr}" if owner else attr
+        name = record.name
         for d, role in record.roles.items():
             if role != "out":
                 continue

@@ -117,7 +117,7 @@ def _freeze_what_would_empty_a_layer(flow, table: np.ndarray) -> None:
             else:  # a leaf in every row is one of the first row's
                 everywhere = [leaf for leaf in sorted(set(flat[0].tolist()))
                               if leaf >= 0 and (flat == leaf).any(axis=1).all()]
-            name = ".".join(p for p in record.refs[0] if p)
+            name = record.name
             for leaf in everywhere:
                 atoms.frozen.setdefault(leaf, f"switching it off would remove every index of {name}'s dimension {d}")
 
@@ -239,8 +239,7 @@ def _group_by_signature(n_channels: int, node_layouts: dict, params: list):
             if dim.shape[1]:  # a dimension without channels (batch, spatial) belongs to no group
                 _add_member(members, pairs, seen, dim, TensorDim("node", f"{name}{path}", d))
     for record in params:
-        owner, attr = record.refs[0]
-        name = f"{owner}.{attr}" if owner else attr
+        name = record.name
         for d, dim in enumerate(record.layout):
             if dim.shape[1]:
                 _add_member(members, pairs, seen, dim, TensorDim("param", name, d, record.roles.get(d)))

@@ -109,10 +109,7 @@ def freeze_held(flow, held: list) -> None:
     """Freeze the atoms of the held rows in a new capture's flow (before its groups are formed)."""
     if not held:
         return
-    by_name = {}
-    for record in flow.params.values():
-        owner, attr = record.refs[0]
-        by_name[f"{owner}.{attr}" if owner else attr] = record
+    by_name = {record.name: record for record in flow.params.values()}
     for h in held:
         record = by_name.get(h.param)
         if record is None or h.dim >= len(record.layout):
@@ -151,13 +148,11 @@ def _rows_of(pm, group, reason: str) -> list:
     g = int(group.name[1:])
     found = []
     for record in index.params:
-        owner, attr = record.refs[0]
-        name = f"{owner}.{attr}" if owner else attr
         for d, cids in enumerate(record.layout):
             if d not in record.roles or not cids.shape[1]:
                 continue
             mine = (cids >= 0) & (index.group_of[np.maximum(cids, 0)] == g)
             rows = np.flatnonzero(mine.any(axis=1))
             if rows.size:
-                found.append(Held(name, d, tuple(rows.tolist()), reason))
+                found.append(Held(record.name, d, tuple(rows.tolist()), reason))
     return found
