@@ -16,7 +16,9 @@ further epochs, so all rows have the same total epochs):
 4. Rows: per method, ``method_epochs`` more epochs; a sparse phase at a constant
    ``finetune_lr``, then the cut, then fine-tuning on a cosine from ``finetune_lr`` for
    the rest (methods: :mod:`benchmarks.cifar_methods`). ``METHOD+rec`` is the same cut
-   followed by :func:`fxprune.reconstruct` before fine-tuning.
+   followed by :func:`fxprune.reconstruct` before fine-tuning; ``METHOD+kd`` (and ``METHOD+rec+kd``)
+   fine-tunes with distillation from the dense start it was cut from (:class:`fxprune.training.Distillation`,
+   temperature and weight fixed before any run, not tuned).
 5. Measured: every pruned row on its finalized model (MACs, parameters, top-1). Before any
    fine-tuning, every pruned row is read twice: with BatchNorm recalibrated on
    ``--calib-images`` training images (no labels), and reconstructed from the same images
@@ -66,17 +68,20 @@ from benchmarks.cifar_methods import PROTOCOLS, Protocol, dense_seed, pruned_mod
 from benchmarks.cifar_models import MODELS  # noqa: E402
 from benchmarks.cifar_report import plot, summarise, table  # noqa: E402
 from fxprune.report.machine import machine  # noqa: E402
-from fxprune.training import evaluate, recalibrate_bn  # noqa: E402
+from fxprune.training import Distillation, evaluate, recalibrate_bn  # noqa: E402
 
 BASES = ("l1", "epfs", "oicsr", "slimming", "epfs-blocks", "epfs-filters")
-METHODS = ("dense", *[m for b in BASES for m in (b, b + "+rec")], "tp")
+METHODS = ("dense", *[m for b in BASES for m in (b, b + "+rec", b + "+kd", b + "+rec+kd")], "tp")
+# distillation's temperature and weight are fixed before any run (Hinton et al. 2015; T = 4 and weight 0.9 as in
+# the KD baseline of Tian et al., ICLR 2020), not tuned: nothing about them is chosen on any split
+KD_CHOICE = "fixed before any run (default T 4, weight 0.9: the KD baseline of Tian et al., ICLR 2020), not tuned"
 CRITERION = ("validation top-1 of the pruned model before fine-tuning, BatchNorm recalibrated on the calibration "
              "images; the ridge, and whether BatchNorm is recalibrated after reconstruction: validation top-1 of "
              "the reconstructed model; on the grid seed")
 
 
 def base_of(method: str) -> str:
-    return method.removesuffix("+rec")
+    return method.removesuffix("+kd").removesuffix("+rec")
 
 
 # -- hyper-parameters, on validation -------------------------------------------------------------
@@ -148,11 +153,17 @@ def run_row(method: str, dense, ctx, args, seed: int, chosen: dict) -> dict:
                                                                  args, seed)
             small = fxprune.finalize(again.pm)
             no_ft["reconstructed"] = finalized(small, calib) if hyper["recalibrate_after_reconstruction"] else small
-        model = copy.deepcopy(no_ft["reconstructed" if method.endswith("+rec") else "recalibrated"])
+        model = copy.deepcopy(no_ft["reconstructed" if "+rec" in method else "recalibrated"])
+    distill = None
+    if method.endswith("+kd"):  # the teacher is the dense start this row was cut from (a copy: it is shared)
+        teacher = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+        distill = Distillation(teacher, temperature=args.kd_temperature, weight=args.kd_weight)
+        notes["distillation"] = {**distill.describe(), "teacher": "the dense start", "chosen": KD_CHOICE}
     torch.manual_seed(1 + seed)
     data.train.seed = seed
     methods.train(model, data.train, proto.method_epochs - spent, proto.finetune_lr, proto,
-                  within=(spent, proto.method_epochs) if args.one_schedule else None, progress=args.progress)
+                  within=(spent, proto.method_epochs) if args.one_schedule else None, progress=args.progress,
+                  distill=distill)
     cost = fxprune.count(model, x)
     # every choice is made: the test set is read now, once, for this row's models
     row = {"method": method, "val_top1": evaluate(model, data.val), "top1": evaluate(model, data.test),
@@ -182,7 +193,7 @@ def run_seed(seed: int, dense, ctx, args, chosen: dict) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     rows, start = ({}, None) if args.fresh else saved_rows(out, ctx["proto"], args, seed)
-    rows = {m: r for m, r in rows.items() if m not in args.redo and same_choice(r, chosen)}
+    rows = {m: r for m, r in rows.items() if m not in args.redo and same_choice(r, chosen, args)}
     if start is None:
         start = {"val": evaluate(dense, ctx["data"].val), "test": evaluate(dense, ctx["data"].test)}
     for method in args.methods:
@@ -199,13 +210,16 @@ def run_seed(seed: int, dense, ctx, args, chosen: dict) -> tuple:
     return rows, start
 
 
-def same_choice(row: dict, chosen: dict) -> bool:
+def same_choice(row: dict, chosen: dict, args) -> bool:
     """Whether a saved row used the hyper-parameters chosen now."""
     hyper = row.get("hyperparameters")
     if row["method"] in ("dense", "tp") or hyper is None:
         return True
     now = chosen.get(base_of(row["method"]), {})
     keys = ("value", "ridge", "recalibrate_after_reconstruction")
+    kd = row.get("distillation")
+    if kd is not None and (kd["temperature"], kd["weight"]) != (args.kd_temperature, args.kd_weight):
+        return False
     return all(hyper.get(k) == now.get(k) for k in keys)
 
 
@@ -248,6 +262,9 @@ def parse_args(argv=None):
     p.add_argument("--oicsr-lam", type=float, nargs="+", default=[1e-4, 5e-4, 2e-3], help="OICSR's grid")
     p.add_argument("--slim-lam", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4], help="slimming's grid")
     p.add_argument("--ridge", type=float, nargs="+", default=[1e-3, 1e-2], help="reconstruction's grid")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="METHOD+kd rows: distillation's temperature")
+    p.add_argument("--kd-weight", type=float, default=0.9,
+                   help="METHOD+kd rows: distillation's share of the loss (the labels' is 1 - this)")
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--mask-l2", type=float, default=1e-4)
     p.add_argument("--gate-l1", type=float, default=0.01)

@@ -14,6 +14,7 @@ method and lives in cifar10.py.
                switched off gradually, pruned to the MACs target   (hyper-parameter: mask_l1)
     oicsr      out-in group lasso, greedy pruning to the target    (oicsr_lam)
     slimming   l1 on BatchNorm scales (Liu et al., ICCV 2017), pruned by |gamma|   (slim_lam)
+    METHOD+kd  the same cut, fine-tuned with distillation from the dense start (fxprune.training.Distillation)
     tp         Torch-Pruning's GroupNormPruner, when torch_pruning is installed (no masks: no reconstruction)
     epfs-blocks, epfs-filters   EPFS with branch gates only, or channel masks only
 """
@@ -76,12 +77,13 @@ def sgd(params, lr: float, weight_decay: float):
 
 def train(model, batches, epochs: int, lr: float, proto: Protocol, *, schedule: str = "cosine",
           within: tuple[int, int] | None = None, params=None, extra_loss=None, extra_optimizers=None,
-          step_hooks=(), checkpoint_dir=None, progress=True):
+          step_hooks=(), checkpoint_dir=None, progress=True, distill=None):
     """Train ``model`` on ``batches`` for ``epochs`` with SGD and a per-batch LR schedule; returns the history.
 
     ``schedule`` is ``"cosine"``, ``"onecycle"`` or ``"constant"``. For a cosine,
     ``within=(start, span)`` makes these epochs the part of a ``span``-epoch schedule that
-    begins ``start`` epochs in (default: a cosine over these epochs alone).
+    begins ``start`` epochs in (default: a cosine over these epochs alone). ``distill`` (a
+    :class:`fxprune.training.Distillation`) fine-tunes to its teacher's outputs as well as the labels.
     """
     if epochs <= 0:
         return []
@@ -98,7 +100,8 @@ def train(model, batches, epochs: int, lr: float, proto: Protocol, *, schedule: 
         sched = None
     model.to(memory_format=torch.channels_last)  # about 15% faster convolutions on this CPU
     trainer = Trainer(model, opt, sched, extra_loss=extra_loss, extra_optimizers=extra_optimizers,
-                      step_hooks=step_hooks, checkpoint_dir=checkpoint_dir, keep_last=1, progress=progress)
+                      step_hooks=step_hooks, checkpoint_dir=checkpoint_dir, keep_last=1, progress=progress,
+                      distill=distill)
     return trainer.fit(ChannelsLast(batches), None, epochs)  # measured once, at the end of each row
 
 

@@ -128,7 +128,7 @@ def plot(rows: list, path: Path, title: str) -> None:
         se = (r["top1_sd"] or 0) / math.sqrt(len(r["seeds"]))
         ax.errorbar(r["macs"] / 1e6, 100 * r["top1"], yerr=100 * se, fmt="o", color=color, capsize=3,
                     label=r["method"])
-        kind = "reconstructed" if r["method"].endswith("+rec") else "recalibrated"
+        kind = "reconstructed" if "+rec" in r["method"] else "recalibrated"
         if f"no_finetune_{kind}" in r:
             ax.scatter(r["macs"] / 1e6, 100 * r[f"no_finetune_{kind}"], facecolors="none", edgecolors=color, s=40)
     ax.set_xlabel("MMACs")

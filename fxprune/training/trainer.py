@@ -9,12 +9,14 @@ pruning. Extension points:
 - ``extra_optimizers`` are stepped and zeroed with the weight optimizer and
   saved in every checkpoint (e.g. FISTA on masks);
 - ``step_hooks`` run after every optimizer step as ``hook(trainer, step)``;
-- ``epoch_hooks`` run after every epoch (checkpoint written) as ``hook(trainer, metrics)``.
+- ``epoch_hooks`` run after every epoch (checkpoint written) as ``hook(trainer, metrics)``;
+- ``distill`` mixes the task loss with a teacher's soft outputs (:mod:`fxprune.training.distill`).
 
 One step::
 
     outputs = model(x)                       features = input of `feature_module`
-    loss = loss_fn(outputs, y) + extra_loss(model, outputs, features, y)
+    loss = loss_fn(outputs, y)               or distill.combine(loss_fn(outputs, y), x, outputs)
+    loss = loss + extra_loss(model, outputs, features, y)
     loss.backward(); optimizer.step(); each extra optimizer .step()
     scheduler.step() (per batch, or per epoch); each step hook(trainer, step)
 
@@ -43,6 +45,7 @@ from torch import nn
 from fxprune.core.tensors import modes_kept
 from fxprune.errors import FxPruneError
 from fxprune.report.compare import evaluate, model_device
+from fxprune.training.distill import Distillation
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
 StepHook = Callable[["Trainer", int], None]
@@ -135,6 +138,8 @@ class Trainer:
         keep_last: keep only this many newest checkpoints (``None``: keep all).
         progress: show tqdm progress bars.
         device: where batches go; defaults to the model's device.
+        distill: a :class:`~fxprune.training.distill.Distillation`: the task loss becomes its
+            mix of the task loss and the teacher's soft outputs for the same inputs.
         recalibrate_bn: before each evaluation, re-estimate BatchNorm statistics from this
             many training batches (:func:`recalibrate_bn`); 0 leaves them as training left them.
             Worth it while masks are being sparsified.
@@ -168,6 +173,7 @@ class Trainer:
         progress: bool = True,
         device: Optional[torch.device] = None,
         recalibrate_bn: int = 0,
+        distill: Optional[Distillation] = None,
     ):
         if scheduler_interval not in ("batch", "epoch"):
             raise FxPruneError(f"scheduler_interval must be 'batch' or 'epoch', got {scheduler_interval!r}")
@@ -186,6 +192,7 @@ class Trainer:
         self.progress = progress
         self.device = device or model_device(model)
         self.recalibrate_bn = recalibrate_bn
+        self.distill = distill
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.history: list[dict] = []
@@ -268,6 +275,8 @@ class Trainer:
         with _FeatureCapture(self.model, self.feature_module) as capture:
             outputs = self.model(inputs)
         loss = self.loss_fn(outputs, targets)
+        if self.distill is not None:
+            loss = self.distill.combine(loss, inputs, outputs)
         if self.extra_loss is not None:
             loss = loss + self.extra_loss(self.model, outputs, capture.features, targets)
         loss.backward()
