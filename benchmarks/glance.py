@@ -79,7 +79,8 @@ def cifar(d: dict, name: str) -> str:
             f"with BatchNorm recalibrated {100 * l1['no_finetune_recalibrated']:.2f}%, with "
             f"`fxprune.reconstruct` {100 * l1['no_finetune_reconstructed']:.2f}%")
     best = max((r for r in rows.values() if r["method"] != "dense"), key=lambda r: r["top1"])
-    line += (f"; after {d['protocol']['method_epochs']} more epochs, dense {100 * rows['dense']['top1']:.2f}%, "
+    dense = f"dense {100 * rows['dense']['top1']:.2f}%, " if "dense" in rows else ""
+    line += (f"; after {d['protocol']['method_epochs']} more epochs, {dense}"
              f"l1 {100 * l1['top1']:.2f}%, best {best['method']} {100 * best['top1']:.2f}%")
     vs = best.get("vs_l1")
     if vs and vs.get("se") is not None:
