@@ -72,8 +72,6 @@ from fxprune.training import Distillation, evaluate, recalibrate_bn  # noqa: E40
 
 BASES = ("l1", "epfs", "oicsr", "slimming", "epfs-blocks", "epfs-filters")
 METHODS = ("dense", *[m for b in BASES for m in (b, b + "+rec", b + "+kd", b + "+rec+kd")], "tp")
-# distillation's temperature and weight are fixed before any run (Hinton et al. 2015; T = 4 and weight 0.9 as in
-# the KD baseline of Tian et al., ICLR 2020), not tuned: nothing about them is chosen on any split
 KD_CHOICE = "fixed before any run (default T 4, weight 0.9: the KD baseline of Tian et al., ICLR 2020), not tuned"
 CRITERION = ("validation top-1 of the pruned model before fine-tuning, BatchNorm recalibrated on the calibration "
              "images; the ridge, and whether BatchNorm is recalibrated after reconstruction: validation top-1 of "

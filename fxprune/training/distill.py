@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxprune.core.tensors import eval_mode
 from fxprune.errors import FxPruneError
 
 
@@ -37,7 +38,7 @@ class Distillation:
 
     Example:
         >>> _ = torch.manual_seed(0)
-        >>> teacher, student = nn.Linear(4, 3), nn.Linear(4, 3)
+        >>> teacher = nn.Linear(4, 3)
         >>> kd = Distillation(teacher, temperature=2.0, weight=1.0)
         >>> x = torch.randn(8, 4)
         >>> float(kd.combine(torch.tensor(5.0), x, teacher(x))) < 1e-6   # a perfect student: no loss
@@ -56,13 +57,9 @@ class Distillation:
 
     @torch.no_grad()
     def targets(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits for ``inputs`` (eval mode, no gradients; its mode is restored)."""
-        was_training = self.teacher.training
-        self.teacher.eval()
-        try:
+        """The teacher's logits for ``inputs`` (eval mode, no gradients; every submodule's mode is restored)."""
+        with eval_mode(self.teacher):
             return self.teacher(inputs)
-        finally:
-            self.teacher.train(was_training)
 
     def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
