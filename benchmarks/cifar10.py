@@ -8,8 +8,8 @@ further epochs, so all rows have the same total epochs):
 2. Dense start: ``dense_epochs`` on the training split (SGD, Nesterov momentum, one-cycle
    LR), one per seed with ``--dense-per-seed`` (else seed 0's, shared).
 3. Hyper-parameters, on one seed (``--grid-seed``, default the first): each sparse method runs its sparse phase once per
-   value of its grid (``--mask-l1`` for EPFS, ``--oicsr-lam``, ``--slim-lam``), and the value
-   whose pruned model, BatchNorm recalibrated, is best on validation is kept; then the
+   value of its grid (``--mask-l1`` for EPFS, ``--block-l1`` for EPFS on blocks, ``--oicsr-lam``,
+   ``--slim-lam``), and the value whose pruned model, BatchNorm recalibrated, is best on validation is kept; then the
    reconstruction ridge (``--ridge``) likewise, per method, and whether BatchNorm is
    recalibrated after reconstruction (its fit already aims at the dense model's activations,
    BatchNorm statistics included). Grids and choices go to ``grid.json`` and into every row.
@@ -265,7 +265,9 @@ def parse_args(argv=None):
                    help="METHOD+kd rows: distillation's share of the loss (the labels' is 1 - this)")
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--mask-l2", type=float, default=1e-4)
-    p.add_argument("--gate-l1", type=float, default=0.01)
+    p.add_argument("--gate-l1", type=float, default=0.01, help="EPFS (masks and gates): the gates' l1")
+    p.add_argument("--block-l1", type=float, nargs="+", default=[0.003, 0.01, 0.03],
+                   help="epfs-blocks' grid: the gates' l1 (it prunes no channels, so the masks' l1 does nothing)")
     p.add_argument("--center", type=float, default=1e-3)
     p.add_argument("--normalise", action="store_true",
                    help="EPFS(normalise=True): hold the largest mask of each BatchNorm-normalised group at 1")

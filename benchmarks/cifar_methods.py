@@ -16,7 +16,8 @@ method and lives in cifar10.py.
     slimming   l1 on BatchNorm scales (Liu et al., ICCV 2017), pruned by |gamma|   (slim_lam)
     METHOD+kd  the same cut, fine-tuned with distillation from the dense start (fxprune.training.Distillation)
     tp         Torch-Pruning's GroupNormPruner, when torch_pruning is installed (no masks: no reconstruction)
-    epfs-blocks, epfs-filters   EPFS with branch gates only, or channel masks only
+    epfs-blocks   EPFS with branch gates only: whole residual blocks go   (block_l1, the gates' l1)
+    epfs-filters  EPFS with channel masks only   (mask_l1)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ PROTOCOLS = {
 }
 
 # the hyper-parameter each sparse method's grid tunes (the command-line option of the same name)
-HYPERPARAMETER = {"epfs": "mask_l1", "epfs-blocks": "mask_l1", "epfs-filters": "mask_l1", "oicsr": "oicsr_lam",
+HYPERPARAMETER = {"epfs": "mask_l1", "epfs-blocks": "block_l1", "epfs-filters": "mask_l1", "oicsr": "oicsr_lam",
                   "slimming": "slim_lam"}
 
 
@@ -155,7 +156,8 @@ def sparse_schedule(proto: Protocol, args) -> dict:
 
 def run_epfs(model, data, proto, target, args, value, blocks_only: bool = False, filters_only: bool = False):
     pm = fxprune.prepare(model, example(model))
-    epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=value, l2=args.mask_l2, gate_l1=args.gate_l1,
+    # blocks only: the masks' l1 has nothing to act on, so the grid's value is the gates' l1
+    epfs = fxprune.EPFS(pm, lr=args.mask_lr, l1=value, l2=args.mask_l2, gate_l1=value if blocks_only else args.gate_l1,
                         center=0.0 if blocks_only else args.center, num_classes=10,
                         filters=not blocks_only, blocks=bool(fxprune.branches(pm)) and not filters_only,
                         normalise=args.normalise)

@@ -34,7 +34,7 @@ def fake_cifar(tmp_path, monkeypatch):
 
 # 20 of the 100 fake training images held out; one value per grid unless a test gives more
 SMALL = ["--validation", "20", "--calib-images", "16", "--mask-l1", "0.003", "--oicsr-lam", "5e-4",
-         "--slim-lam", "1e-4", "--ridge", "0.01"]
+         "--slim-lam", "1e-4", "--block-l1", "0.01", "--ridge", "0.01"]
 
 
 def _run(cifar10, data, out, *extra, methods=("dense", "l1")):
@@ -122,6 +122,17 @@ def test_grids_choose_on_validation_and_every_pruned_row_is_read_before_fine_tun
     table = {r["method"]: r for r in summary["rows"]}
     assert table["l1+rec"]["vs_l1"]["n"] == 1 and table["l1+rec"]["best_baseline"] == "l1"
     assert summary["dense_starts"]["0"]["val"] is not None and (out / "resnet20" / "accuracy_vs_macs.png").exists()
+
+
+def test_epfs_blocks_grid_is_over_the_gates_l1_and_its_rows_remove_whole_blocks(cifar10, fake_cifar):
+    out = fake_cifar / "out"
+    summary = _run(cifar10, fake_cifar, out, "--seeds", "0", "--block-l1", "0.003", "0.03",
+                   methods=("dense", "epfs-blocks"))
+    grid = json.loads((out / "resnet20" / "grid.json").read_text())["methods"]["epfs-blocks"]
+    assert grid["hyperparameter"] == "block_l1" and set(grid["validation_top1"]) == {"0.003", "0.03"}
+    row = summary["per_seed"]["0"]["epfs-blocks"]
+    assert row["budget"]["branches"] and not row["budget"]["channels"]
+    assert row["macs_reduction"] >= 0.29
 
 
 def test_validation_is_held_out_of_training_the_same_way_for_every_run_seed(fake_cifar):
