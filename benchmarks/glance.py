@@ -18,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
+from tabulate import tabulate
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 BEGIN, END = "<!-- glance -->", "<!-- /glance -->"
@@ -110,15 +112,15 @@ def cifar_table(d: dict) -> str:
     fine-tuning, BatchNorm recalibrated and reconstructed; and the seconds reconstruction took."""
     header = ["method", "MACs removed", "test top-1", "vs dense", "vs l1", "no fine-tuning: BN recalibrated",
               "no fine-tuning: reconstructed", "reconstruction (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    body = []
     for r in d["rows"]:
         seconds = [row["reconstruction"]["seconds"] for seed in d["per_seed"].values()
                    for row in seed.values() if row["method"] == r["method"] and "reconstruction" in row]
         removed = f"{100 * r['macs_reduction']:.1f}%" if r["macs_reduction"] else ""
         cells = [r["method"], removed, _pct(r["top1"]), _gap(r.get("vs_dense")), _gap(r.get("vs_l1")),
                  _pct(r.get("no_finetune_recalibrated")), _pct(r.get("no_finetune_reconstructed")), _span(seconds)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return tabulate(body, headers=header, tablefmt="github", disable_numparse=True)
 
 
 def reconstruction(d: dict) -> str:
