@@ -82,8 +82,10 @@ def cifar(d: dict, name: str) -> str:
             f"`fxprune.reconstruct` {100 * l1['no_finetune_reconstructed']:.2f}%")
     best = max((r for r in rows.values() if r["method"] != "dense"), key=lambda r: r["top1"])
     dense = f"dense {100 * rows['dense']['top1']:.2f}%, " if "dense" in rows else ""
-    line += (f"; after {d['protocol']['method_epochs']} more epochs, {dense}"
-             f"l1 {100 * l1['top1']:.2f}%, best {best['method']} {100 * best['top1']:.2f}%")
+    line += f"; after {d['protocol']['method_epochs']} more epochs, {dense}l1 {100 * l1['top1']:.2f}%"
+    if best is l1:  # no other pruned row, or none better
+        return line + f". {_link(name)}"
+    line += f", best {best['method']} {100 * best['top1']:.2f}%"
     if round(100 * best["macs_reduction"]) != round(100 * l1["macs_reduction"]):  # blocks come whole: it may overshoot
         line += f" at {100 * best['macs_reduction']:.0f}% of MACs removed"
     vs = best.get("vs_l1")

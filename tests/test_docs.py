@@ -59,3 +59,15 @@ def test_results_md_tables_are_written_from_the_result_files():
         assert begin in results
         assert results.split(begin, 1)[1].split("<!-- /table -->", 1)[0].strip() == table, \
             "docs/results.md is stale: run python benchmarks/glance.py --write"
+
+
+def test_cifar_line_names_a_best_row_only_when_one_beats_l1():
+    def row(method, top1, removed=0.5):
+        return {"method": method, "top1": top1, "macs_reduction": removed, "no_finetune_recalibrated": 0.3,
+                "no_finetune_reconstructed": 0.6, "vs_l1": {"mean": top1 - 0.7, "se": 0.001}}
+    d = {"model": "vgg16", "seeds": [0, 1], "dense_starts": {"0": {"test": 0.8}, "1": {"test": 0.8}},
+         "protocol": {"method_epochs": 4}, "rows": [row("dense", 0.85, 0.0), row("l1", 0.7)]}
+    line = glance.cifar(d, "cifar10-vgg16.json")
+    assert "l1 70.00%." in line and "best" not in line
+    d["rows"].append(row("l1+rec", 0.71))
+    assert "best l1+rec 71.00% (+1.00 ± 0.10 points against l1)" in glance.cifar(d, "cifar10-vgg16.json")
