@@ -26,7 +26,8 @@ class JointMoments:
     """Streaming ``count`` and sums of ``z``, ``t``, ``t^2``, ``z z^T`` and ``t z^T`` (float64), over samples.
 
     Samples come as rows ``[n, size]`` or as columns of ``[n, size, positions]`` (every position a
-    sample; an unfolded batch is read this way without being transposed). Each batch is
+    sample, as an unfolded batch comes; it is copied into rows once, so each product is one
+    matrix product over all its samples, not one per image summed after). Each batch is
     shifted by the first batch's means before its products are formed (in its own dtype,
     then summed in float64), so the covariances do not lose precision to large means.
 
@@ -47,24 +48,17 @@ class JointMoments:
         self.shift_z = self.shift_t = None
 
     def add(self, z: torch.Tensor, t: torch.Tensor) -> None:
-        if z.dim() == 3 and z.shape[2] == 1:
-            z, t = z[:, :, 0], t[:, :, 0]
-        samples = (0,) if z.dim() == 2 else (0, 2)
+        if z.dim() == 3:  # [n, size, positions] -> [n * positions, size]
+            z, t = (a.transpose(1, 2).reshape(-1, a.shape[1]) for a in (z, t))
         if self.shift_z is None:
-            self.shift_z, self.shift_t = z.mean(samples).detach(), t.mean(samples).detach()
-        view = (1, -1) if z.dim() == 2 else (1, -1, 1)
-        z, t = z - self.shift_z.to(z.dtype).view(view), t - self.shift_t.to(t.dtype).view(view)
-        self.count += z.numel() // z.shape[1]
-        self.z += z.sum(samples).to(torch.float64)  # a batch's sums in its dtype (shifted: small), then float64
-        self.t += t.sum(samples).to(torch.float64)
-        if z.dim() == 2:
-            self.tt += (t * t).sum(0).to(torch.float64)
-            self.zz += (z.T @ z).to(torch.float64)
-            self.tz += (t.T @ z).to(torch.float64)
-        else:
-            self.tt += (t * t).sum((0, 2)).to(torch.float64)
-            self.zz += torch.bmm(z, z.transpose(1, 2)).sum(0).to(torch.float64)
-            self.tz += torch.bmm(t, z.transpose(1, 2)).sum(0).to(torch.float64)
+            self.shift_z, self.shift_t = z.mean(0).detach(), t.mean(0).detach()
+        z, t = z - self.shift_z.to(z.dtype), t - self.shift_t.to(t.dtype)
+        self.count += z.shape[0]
+        self.z += z.sum(0).to(torch.float64)  # a batch's sums in its dtype (shifted: small), then float64
+        self.t += t.sum(0).to(torch.float64)
+        self.tt += (t * t).sum(0).to(torch.float64)
+        self.zz += (z.T @ z).to(torch.float64)
+        self.tz += (t.T @ z).to(torch.float64)
 
     def means(self, z_scale=1.0, t_scale=1.0) -> tuple:
         """The means of ``z * z_scale`` and ``t * t_scale`` (per-column scales)."""
