@@ -83,14 +83,13 @@ def cifar(d: dict, name: str) -> str:
     best = max((r for r in rows.values() if r["method"] != "dense"), key=lambda r: r["top1"])
     dense = f"dense {100 * rows['dense']['top1']:.2f}%, " if "dense" in rows else ""
     line += f"; after {d['protocol']['method_epochs']} more epochs, {dense}l1 {100 * l1['top1']:.2f}%"
-    if best is l1:  # no other pruned row, or none better
-        return line + f". {_link(name)}"
-    line += f", best {best['method']} {100 * best['top1']:.2f}%"
-    if round(100 * best["macs_reduction"]) != round(100 * l1["macs_reduction"]):  # blocks come whole: it may overshoot
-        line += f" at {100 * best['macs_reduction']:.0f}% of MACs removed"
-    vs = best.get("vs_l1")
-    if vs and vs.get("se") is not None:
-        line += f" ({100 * vs['mean']:+.2f} ± {100 * vs['se']:.2f} points against l1)"
+    if best is not l1:  # another pruned row beats it
+        line += f", best {best['method']} {100 * best['top1']:.2f}%"
+        if round(100 * best["macs_reduction"]) != round(100 * l1["macs_reduction"]):  # blocks come whole
+            line += f" at {100 * best['macs_reduction']:.0f}% of MACs removed"
+        vs = best.get("vs_l1")
+        if vs and vs.get("se") is not None:
+            line += f" ({100 * vs['mean']:+.2f} ± {100 * vs['se']:.2f} points against l1)"
     return line + f". {_link(name)}"
 
 
